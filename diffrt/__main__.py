@@ -1,0 +1,3 @@
+from diffrt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Errors raised to users of the runtime. Each message names the input at fault and what is accepted."""
+
+from __future__ import annotations
+
+
+class DiffrtError(Exception):
+    """Base class of every error diffrt raises on purpose."""
+
+
+class ConfigError(DiffrtError, ValueError):
+    """A configuration value (scheduler config, call argument) that diffrt cannot accept."""
+
+
+class PackageError(DiffrtError, FileNotFoundError):
+    """A model or engine package folder that lacks a file diffrt needs, or holds one it cannot read."""
+
+
+def check_choice(field: str, value: object, accepted: tuple, owner: str = "") -> None:
+    """Raise ConfigError unless ``value`` is one of ``accepted``."""
+    if value not in accepted:
+        where = f" for {owner}" if owner else ""
+        raise ConfigError(
+            f"{field}={value!r} is not supported{where}; accepted values: {', '.join(repr(a) for a in accepted)}."
+        )

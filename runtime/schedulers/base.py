@@ -1,0 +1,256 @@
+"""The one scheduler base: config handling, step-index bookkeeping and noise draws shared by every scheduler.
+
+Schedulers are built from a diffusers ``scheduler_config.json`` unchanged. Each subclass declares its config
+fields as keyword arguments of ``__init__`` with diffusers' names and defaults; the base records the bound values
+in ``self.config`` so ``scheduler.config.num_train_timesteps`` reads as in diffusers.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ..errors import ConfigError, PackageError
+
+logger = logging.getLogger("diffrt.schedulers")
+
+CONFIG_NAME = "scheduler_config.json"
+
+# Every scheduler class, by diffusers class name; filled by Scheduler.__init_subclass__.
+SCHEDULERS: dict[str, type["Scheduler"]] = {}
+
+class SchedulerConfig(dict):
+    """The scheduler's configuration: a dict whose keys also read as attributes (``config.prediction_type``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"scheduler config has no field {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
+
+@dataclass
+class SchedulerOutput:
+    """What ``step`` returns: the sample at the next (less noisy) timestep and, where defined, the x0 estimate."""
+
+    prev_sample: np.ndarray
+    pred_original_sample: np.ndarray | None = None
+
+    def __iter__(self):  # lets `prev, x0 = scheduler.step(...)` unpack like diffusers' return_dict=False tuples
+        yield self.prev_sample
+        yield self.pred_original_sample
+
+def as_generator(generator: np.random.Generator | int | None) -> np.random.Generator:
+    """Accept a NumPy Generator, an int seed or None (fresh entropy) and return a Generator."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if generator is None:
+        return np.random.default_rng()
+    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        return np.random.default_rng(int(generator))
+    raise ConfigError(
+        f"generator={generator!r} is not supported; pass a numpy.random.Generator, an int seed, or None."
+    )
+
+def randn(shape: tuple[int, ...], generator: np.random.Generator | int | None, dtype=np.float32) -> np.ndarray:
+    """Standard normal noise of ``shape``: one draw of the whole shape, as diffusers' ``randn_tensor`` makes it."""
+    return as_generator(generator).standard_normal(size=tuple(shape), dtype=np.float32).astype(dtype, copy=False)
+
+class Scheduler:
+    """Base of all NumPy schedulers. Subclasses set ``order`` and implement ``set_timesteps`` and ``step``."""
+
+    order: ClassVar[int] = 1
+    config: SchedulerConfig
+    timesteps: np.ndarray
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        SCHEDULERS[cls.__name__] = cls
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_config(cls.__init__)
+
+    # ----- construction from a diffusers config -------------------------------------------------------------
+    @classmethod
+    def config_fields(cls) -> dict[str, Any]:
+        """The config fields this scheduler honours, with their defaults."""
+        params = inspect.signature(cls.__init__).parameters
+        return {
+            n: p.default
+            for n, p in params.items()
+            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> "Scheduler":
+        """Build from a diffusers scheduler config: a dict, a ``scheduler_config.json`` path, or its folder.
+
+        Fields this scheduler does not use are ignored: silently when another scheduler uses them (configs are
+        shared between compatible schedulers, as in diffusers), with a warning when no scheduler knows them.
+        """
+        if not isinstance(config, Mapping):
+            config = load_config(config)
+        merged = {**config, **overrides}
+        fields = cls.config_fields()
+        known_elsewhere = set().union(*(s.config_fields() for s in SCHEDULERS.values()))
+        unknown = sorted(k for k in merged if k not in fields and not k.startswith("_") and k not in known_elsewhere)
+        if unknown:
+            logger.warning(
+                "%s ignores unknown scheduler config fields %s (not used by any diffrt scheduler).",
+                cls.__name__,
+                ", ".join(unknown),
+            )
+        return cls(**{k: v for k, v in merged.items() if k in fields})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = "scheduler") -> "Scheduler":
+        """Build from a model or engine package folder (``<path>/scheduler/scheduler_config.json``)."""
+        folder = Path(path)
+        if subfolder and (folder / subfolder / CONFIG_NAME).is_file():
+            folder = folder / subfolder
+        return cls.from_config(folder)
+
+    def save_config(self, folder: str | os.PathLike) -> Path:
+        """Write ``scheduler_config.json`` as diffusers writes it (with ``_class_name``)."""
+        out = Path(folder) / CONFIG_NAME
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data = {"_class_name": type(self).__name__, **_jsonable(dict(self.config))}
+        out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return out
+
+    @property
+    def compatibles(self) -> list[type["Scheduler"]]:
+        return list(SCHEDULERS.values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({fields})"
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ----- step-index bookkeeping, as diffusers keeps it -----------------------------------------------------
+    _step_index: int | None = None
+    _begin_index: int | None = None
+    num_inference_steps: int | None = None
+
+    @property
+    def step_index(self) -> int | None:
+        """Index into ``timesteps`` of the next ``step``; None until the first step or ``scale_model_input``."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """First index to run, set by image-to-image pipelines with ``set_begin_index``."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start denoising at ``timesteps[begin_index]`` (image-to-image: the index ``strength`` selects)."""
+        self._begin_index = int(begin_index)
+
+    def index_for_timestep(self, timestep: float, schedule_timesteps: np.ndarray | None = None) -> int:
+        """Position of ``timestep`` in the schedule. When it occurs twice (second-order schedulers repeat
+        timesteps), the second occurrence is taken so a run started mid-schedule does not skip a sigma."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        matches = np.flatnonzero(schedule == np.asarray(timestep).reshape(()))
+        if len(matches) == 0:
+            raise ConfigError(
+                f"timestep={float(np.asarray(timestep))} is not in this scheduler's timesteps; pass one of "
+                "scheduler.timesteps (after set_timesteps)."
+            )
+        return int(matches[1] if len(matches) > 1 else matches[0])
+
+    def _init_step_index(self, timestep: float) -> None:
+        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def _check_num_inference_steps(self, num_inference_steps: Any) -> int:
+        limit = self.config.num_train_timesteps
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, (int, np.integer))
+            or not 1 <= num_inference_steps <= limit
+        ):
+            raise ConfigError(
+                f"num_inference_steps={num_inference_steps!r} is not supported by {type(self).__name__}; "
+                f"accepted: an integer from 1 to num_train_timesteps ({limit})."
+            )
+        return int(num_inference_steps)
+
+    def scale_model_input(self, sample: np.ndarray, timestep: float | None = None) -> np.ndarray:
+        """Input scaling the model expects at ``timestep``; identity unless the scheduler works in sigma space."""
+        return sample
+
+    def set_timesteps_for_strength(self, num_inference_steps: int, strength: float) -> np.ndarray:
+        """Image-to-image entry point: ``set_timesteps(num_inference_steps)``, then skip the first
+        ``1 - strength`` of the schedule and mark where denoising begins. Returns the timesteps left to run;
+        the first of them is the one to ``add_noise`` at."""
+        if not 0.0 <= strength <= 1.0:
+            raise ConfigError(f"strength={strength!r} is not supported; accepted: a number from 0 to 1.")
+        self.set_timesteps(num_inference_steps)
+        init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+        t_start = max(num_inference_steps - init_steps, 0)
+        self.set_begin_index(t_start * self.order)
+        return self.timesteps[t_start * self.order :]
+
+    # ----- the surface every scheduler implements --------------------------------------------------------
+    def set_timesteps(self, num_inference_steps: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray, generator=None) -> SchedulerOutput:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+def _recording_config(init):
+    """Wrap a subclass ``__init__`` so the values it was called with (defaults filled in) become ``self.config``."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        if "config" not in self.__dict__:  # the outermost __init__ in a subclass chain records
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError as error:
+                raise ConfigError(f"{type(self).__name__}: {error}") from None
+            bound.apply_defaults()
+            values = {k: v for k, v in bound.arguments.items() if k != "self"}
+            object.__setattr__(self, "config", SchedulerConfig(values))
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a diffusers ``scheduler_config.json`` (or the folder holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CONFIG_NAME
+    if not p.is_file():
+        raise PackageError(f"scheduler config {str(p)!r} does not exist; expected a diffusers {CONFIG_NAME}.")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"scheduler config {str(p)!r} is not valid JSON: {error}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"scheduler config {str(p)!r} must hold a JSON object of fields.")
+    return data
+
+def scheduler_from_config(config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> Scheduler:
+    """Build the scheduler a config names in ``_class_name`` (as a package's scheduler folder records it)."""
+    if not isinstance(config, Mapping):
+        config = load_config(config)
+    name = config.get("_class_name")
+    if name not in SCHEDULERS:
+        raise ConfigError(
+            f"scheduler _class_name={name!r} is not supported; accepted: {', '.join(sorted(SCHEDULERS))}."
+        )
+    return SCHEDULERS[name].from_config(config, **overrides)
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in values.items()}
