@@ -2,5 +2,15 @@
 
 from .errors import ConfigError, DiffrtError, PackageError
 from .schedulers import SCHEDULERS, SchedulerOutput, scheduler_from_config
+from .tokenizer import CLIPTokenizer, TokenizedPrompts
 
-__all__ = ["ConfigError", "DiffrtError", "PackageError", "SCHEDULERS", "SchedulerOutput", "scheduler_from_config"]
+__all__ = [
+    "CLIPTokenizer",
+    "ConfigError",
+    "DiffrtError",
+    "PackageError",
+    "SCHEDULERS",
+    "SchedulerOutput",
+    "TokenizedPrompts",
+    "scheduler_from_config",
+]

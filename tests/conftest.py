@@ -1,6 +1,41 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 # Test helpers (parity harness, fixture builders) import by module name.
 sys.path.insert(0, str(Path(__file__).parent / "schedulers"))
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Folders of tiny random-weight pipelines saved by diffusers: sd1, sd2, inpaint, ddpm."""
+    from fixtures import tiny_models as tm
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "sd1": tm.build_sd1(root),
+        "sd2": tm.build_sd2(root),
+        "inpaint": tm.build_inpaint(root),
+        "ddpm": tm.build_ddpm(root),
+    }
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folders(tmp_path_factory):
+    """CLIP tokenizer folders in both forms diffusers folders come in, for both padding conventions."""
+    from transformers import CLIPTokenizer
+
+    from diffrt.export.clip_vocab import write_clip_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    folders = {
+        "sd1-vocab-merges": write_clip_tokenizer(root / "sd1_classic"),
+        "sd2-vocab-merges": write_clip_tokenizer(root / "sd2_classic", pad_token="!"),
+    }
+    for name, source in list(folders.items()):  # transformers 5 re-saves as tokenizer.json + tokenizer_config.json
+        target = root / name.replace("vocab-merges", "tokenizer-json")
+        CLIPTokenizer.from_pretrained(source).save_pretrained(target)
+        folders[name.replace("vocab-merges", "tokenizer-json")] = target
+    return folders

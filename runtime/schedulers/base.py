@@ -12,9 +12,10 @@ import inspect
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,7 +26,8 @@ logger = logging.getLogger("diffrt.schedulers")
 CONFIG_NAME = "scheduler_config.json"
 
 # Every scheduler class, by diffusers class name; filled by Scheduler.__init_subclass__.
-SCHEDULERS: dict[str, type["Scheduler"]] = {}
+SCHEDULERS: dict[str, type[Scheduler]] = {}
+
 
 class SchedulerConfig(dict):
     """The scheduler's configuration: a dict whose keys also read as attributes (``config.prediction_type``)."""
@@ -39,6 +41,7 @@ class SchedulerConfig(dict):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
 
+
 @dataclass
 class SchedulerOutput:
     """What ``step`` returns: the sample at the next (less noisy) timestep and, where defined, the x0 estimate."""
@@ -50,6 +53,7 @@ class SchedulerOutput:
         yield self.prev_sample
         yield self.pred_original_sample
 
+
 def as_generator(generator: np.random.Generator | int | None) -> np.random.Generator:
     """Accept a NumPy Generator, an int seed or None (fresh entropy) and return a Generator."""
     if isinstance(generator, np.random.Generator):
@@ -59,23 +63,27 @@ def as_generator(generator: np.random.Generator | int | None) -> np.random.Gener
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
         return np.random.default_rng(int(generator))
     raise ConfigError(
-        f"generator={generator!r} is not supported; pass a numpy.random.Generator, an int seed, or None."
+        f"generator={generator!r} is not supported; accepted: a numpy.random.Generator, an int seed, or None."
     )
+
 
 def randn(shape: tuple[int, ...], generator: np.random.Generator | int | None, dtype=np.float32) -> np.ndarray:
     """Standard normal noise of ``shape``: one draw of the whole shape, as diffusers' ``randn_tensor`` makes it."""
     return as_generator(generator).standard_normal(size=tuple(shape), dtype=np.float32).astype(dtype, copy=False)
 
+
 class Scheduler:
     """Base of all NumPy schedulers. Subclasses set ``order`` and implement ``set_timesteps`` and ``step``."""
 
     order: ClassVar[int] = 1
+    abstract: ClassVar[bool] = True
     config: SchedulerConfig
     timesteps: np.ndarray
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        SCHEDULERS[cls.__name__] = cls
+        if not cls.__dict__.get("abstract", False):  # shared bases mark themselves abstract
+            SCHEDULERS[cls.__name__] = cls
         if "__init__" in cls.__dict__:
             cls.__init__ = _recording_config(cls.__init__)
 
@@ -91,7 +99,7 @@ class Scheduler:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> "Scheduler":
+    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> Scheduler:
         """Build from a diffusers scheduler config: a dict, a ``scheduler_config.json`` path, or its folder.
 
         Fields this scheduler does not use are ignored: silently when another scheduler uses them (configs are
@@ -112,7 +120,7 @@ class Scheduler:
         return cls(**{k: v for k, v in merged.items() if k in fields})
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = "scheduler") -> "Scheduler":
+    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = "scheduler") -> Scheduler:
         """Build from a model or engine package folder (``<path>/scheduler/scheduler_config.json``)."""
         folder = Path(path)
         if subfolder and (folder / subfolder / CONFIG_NAME).is_file():
@@ -128,7 +136,7 @@ class Scheduler:
         return out
 
     @property
-    def compatibles(self) -> list[type["Scheduler"]]:
+    def compatibles(self) -> list[type[Scheduler]]:
         return list(SCHEDULERS.values())
 
     def __repr__(self) -> str:
@@ -201,12 +209,29 @@ class Scheduler:
         self.set_begin_index(t_start * self.order)
         return self.timesteps[t_start * self.order :]
 
+    def _rewrite_config(self, **changes: Any) -> None:
+        """Change recorded config fields, as diffusers' ``register_to_config`` does when a scheduler remaps a
+        choice (e.g. a sibling scheduler's solver name) or adjusts one for the step count."""
+        for key, value in changes.items():
+            dict.__setitem__(self.config, key, value)
+
+    def _check_step_in_range(self) -> None:
+        """A schedule whose first timestep repeats (truncated beta / exponential sigmas) starts at the second copy,
+        as diffusers does, and so runs out one step early; say so instead of failing on an index."""
+        n = len(self.timesteps)
+        if self._step_index >= n:
+            raise ConfigError(
+                f"step {self._step_index} is past the end of the {n}-step schedule (its first timestep repeats, so "
+                "the run started at the second copy, as in diffusers); call set_begin_index(0) or use other steps."
+            )
+
     # ----- the surface every scheduler implements --------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray, generator=None) -> SchedulerOutput:
         raise NotImplementedError  # pragma: no cover - abstract
+
 
 def _recording_config(init):
     """Wrap a subclass ``__init__`` so the values it was called with (defaults filled in) become ``self.config``."""
@@ -226,6 +251,7 @@ def _recording_config(init):
 
     return wrapper
 
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a diffusers ``scheduler_config.json`` (or the folder holding it)."""
     p = Path(path)
@@ -241,6 +267,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"scheduler config {str(p)!r} must hold a JSON object of fields.")
     return data
 
+
 def scheduler_from_config(config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> Scheduler:
     """Build the scheduler a config names in ``_class_name`` (as a package's scheduler folder records it)."""
     if not isinstance(config, Mapping):
@@ -251,6 +278,7 @@ def scheduler_from_config(config: Mapping[str, Any] | str | os.PathLike, **overr
             f"scheduler _class_name={name!r} is not supported; accepted: {', '.join(sorted(SCHEDULERS))}."
         )
     return SCHEDULERS[name].from_config(config, **overrides)
+
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in values.items()}

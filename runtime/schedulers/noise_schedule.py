@@ -8,7 +8,7 @@ does them in NumPy).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -25,14 +25,17 @@ def betas_for_alpha_bar(
 ) -> np.ndarray:
     """Betas that discretise a continuous alpha_bar(t), t in [0, 1] (Nichol & Dhariwal 2021, eq. 17 for cosine)."""
     if alpha_transform_type == "cosine":
+
         def alpha_bar(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     elif alpha_transform_type == "laplace":
+
         def alpha_bar(t):
             lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
             snr = math.exp(lmb)
             return math.sqrt(snr / (1 + snr))
     elif alpha_transform_type == "exp":
+
         def alpha_bar(t):
             return math.exp(t * -12.0)
     else:
@@ -51,11 +54,12 @@ def make_betas(
     *,
     owner: str = "",
     accepted: tuple[str, ...] = BETA_SCHEDULES,
-    cosine_transform: str = "cosine",
 ) -> np.ndarray:
     """The training betas a config describes, float32, length ``num_train_timesteps``."""
     if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 1:
-        raise ConfigError(f"num_train_timesteps={num_train_timesteps!r} is not supported; accepted: a positive integer.")
+        raise ConfigError(
+            f"num_train_timesteps={num_train_timesteps!r} is not supported; accepted: a positive integer."
+        )
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float32)
         if betas.ndim != 1 or len(betas) != num_train_timesteps:
@@ -71,16 +75,32 @@ def make_betas(
     if beta_schedule == "scaled_linear":  # the Stable Diffusion schedule: linear in sqrt(beta)
         return (np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float64).astype(np.float32)) ** 2
     if beta_schedule == "squaredcos_cap_v2":
-        return betas_for_alpha_bar(n, alpha_transform_type=cosine_transform)
+        return betas_for_alpha_bar(n)
+    if beta_schedule in ("laplace", "exp"):  # DDPM's and Heun's extra alpha_bar transforms
+        return betas_for_alpha_bar(n, alpha_transform_type=beta_schedule)
     if beta_schedule == "sigmoid":  # GeoDiff's schedule (DDPM only)
         x = np.linspace(-6, 6, n, dtype=np.float64).astype(np.float32)
         return (1 / (1 + np.exp(-x)) * (beta_end - beta_start) + beta_start).astype(np.float32)
     raise AssertionError(beta_schedule)  # check_choice covers every accepted name
 
 
+def betas_from_config(config, owner: str = "", accepted: tuple[str, ...] = BETA_SCHEDULES) -> np.ndarray:
+    """The training betas a scheduler config describes, rescaled to zero terminal SNR when it asks."""
+    betas = make_betas(
+        config.num_train_timesteps,
+        config.beta_start,
+        config.beta_end,
+        config.beta_schedule,
+        config.get("trained_betas"),
+        owner=owner,
+        accepted=accepted,
+    )
+    return rescale_zero_terminal_snr(betas) if config.get("rescale_betas_zero_snr") else betas
+
+
 def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     """Shift and scale sqrt(alpha_bar) so the last timestep has zero SNR (Lin et al. 2023, Algorithm 1)."""
-    alphas_bar_sqrt = np.cumprod(1.0 - betas, dtype=np.float32) ** 0.5
+    alphas_bar_sqrt = alphas_cumprod(betas) ** 0.5
     first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
     alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
     alphas_bar = alphas_bar_sqrt**2
@@ -89,8 +109,9 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
 
 
 def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
-    """alpha_bar_t = prod_{s<=t} (1 - beta_s), accumulated in float32 as diffusers does."""
-    return np.cumprod(1.0 - betas.astype(np.float32), dtype=np.float32)
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s) as float32. Accumulated in float64, as torch's CPU cumprod does for
+    float32 tensors: a float32 accumulator drifts by an ulp, enough to move a rounded timestep by one."""
+    return np.cumprod((1.0 - betas.astype(np.float32)).astype(np.float64)).astype(np.float32)
 
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:

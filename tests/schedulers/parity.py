@@ -13,10 +13,10 @@ import importlib
 import inspect
 from types import SimpleNamespace
 
+import diffusers
 import numpy as np
 import pytest
 import torch
-import diffusers
 
 from diffrt.runtime.errors import ConfigError
 from diffrt.runtime.schedulers import SCHEDULERS
@@ -71,7 +71,11 @@ def assert_timesteps_equal(ours, ref: np.ndarray) -> None:
     bit, and interpolation near t=0, where log-sigma is steep, magnifies that to a few 1e-6."""
     ours = np.asarray(ours)
     assert ours.shape == ref.shape, f"timesteps {ours} != {ref}"
-    if np.issubdtype(ref.dtype, np.integer) or np.array_equal(ref, np.round(ref)) and np.array_equal(ours, np.round(ours)):
+    if (
+        np.issubdtype(ref.dtype, np.integer)
+        or np.array_equal(ref, np.round(ref))
+        and np.array_equal(ours, np.round(ours))
+    ):
         np.testing.assert_array_equal(ours.astype(np.float64), ref.astype(np.float64))
     else:
         np.testing.assert_allclose(ours.astype(np.float64), ref.astype(np.float64), rtol=1e-5, atol=1e-5)
@@ -91,7 +95,7 @@ def run_both(ours, reference, timesteps_ref, timesteps_ours, x_init: np.ndarray,
     x_ref = torch.from_numpy(x_init.copy())
     ref_kwargs = _reference_step_kwargs(reference, step_kwargs)
     with shared_noise(reference, seed):
-        for i, (t_ours, t_ref) in enumerate(zip(timesteps_ours, timesteps_ref)):
+        for i, (t_ours, t_ref) in enumerate(zip(timesteps_ours, timesteps_ref, strict=True)):
             eps_ours = stand_in_model(ours.scale_model_input(x_ours, t_ours), t_ours)
             x_ours = ours.step(eps_ours, t_ours, x_ours, generator=rng, **step_kwargs).prev_sample
             inp = reference.scale_model_input(x_ref, t_ref)
@@ -133,8 +137,9 @@ def img2img_timesteps_reference(reference, steps: int, strength: float):
     return StableDiffusionImg2ImgPipeline.get_timesteps(holder, steps, strength, "cpu")
 
 
-def assert_img2img_parity(name: str, config: dict, steps: int, strength: float, seed: int = 0,
-                          step_kwargs: dict | None = None):
+def assert_img2img_parity(
+    name: str, config: dict, steps: int, strength: float, seed: int = 0, step_kwargs: dict | None = None
+):
     """Image-to-image: same start index and timesteps for ``strength``, same ``add_noise`` result, same loop."""
     step_kwargs = step_kwargs or {}
     reference = getattr(diffusers, name).from_config(dict(config))
@@ -143,7 +148,8 @@ def assert_img2img_parity(name: str, config: dict, steps: int, strength: float, 
     ours = SCHEDULERS[name].from_config(dict(config))
     our_timesteps = ours.set_timesteps_for_strength(steps, strength)
     assert_timesteps_equal(our_timesteps, ref_timesteps.numpy())
-    assert ours.begin_index == reference.begin_index
+    if hasattr(reference, "set_begin_index"):  # diffusers' DDPM, DDIM, PNDM look steps up by timestep instead
+        assert ours.begin_index == reference.begin_index
     if len(ref_timesteps) == 0:
         return
     rng = np.random.default_rng(seed + 2)
@@ -155,3 +161,51 @@ def assert_img2img_parity(name: str, config: dict, steps: int, strength: float, 
     _close(noisy_ours, noisy_ref, f"{name} add_noise strength={strength}")
     for i, x_ours, x_ref in run_both(ours, reference, ref_timesteps, our_timesteps, noisy_ref, seed, step_kwargs):
         _close(x_ours, x_ref, f"{name} img2img step {i} strength={strength} {config}")
+
+
+def assert_set_timesteps_parity(name, config, steps, set_kwargs, seed=0, step_kwargs=None):
+    """Like assert_sampling_parity, but passes extra set_timesteps arguments (LCM/TCD's original_inference_steps,
+    timesteps, strength) to both sides and, as diffusers' LCM img2img pipeline does, noises an image at the first
+    timestep (begin_index stays unset)."""
+    step_kwargs = step_kwargs or {}
+    reference = getattr(diffusers, name).from_config(dict(config))
+    ours = SCHEDULERS[name].from_config(dict(config))
+    try:
+        reference.set_timesteps(steps, **set_kwargs)
+    except ValueError:
+        with pytest.raises(ConfigError):
+            ours.set_timesteps(steps, **set_kwargs)
+        return
+    ours.set_timesteps(steps, **set_kwargs)
+    assert_timesteps_equal(ours.timesteps, reference.timesteps.numpy())
+    assert ours.timesteps.dtype == np.int64
+    rng = np.random.default_rng(seed + 2)
+    image, noise = rng.standard_normal(SHAPE, dtype=np.float32), rng.standard_normal(SHAPE, dtype=np.float32)
+    first = reference.timesteps[:1].repeat(SHAPE[0])
+    x = reference.add_noise(torch.from_numpy(image), torch.from_numpy(noise), first).numpy()
+    _close(ours.add_noise(image, noise, np.repeat(ours.timesteps[:1], SHAPE[0])), x, f"{name} add_noise")
+    for i, x_ours, x_ref in run_both(ours, reference, reference.timesteps, ours.timesteps, x, seed, step_kwargs):
+        _close(x_ours, x_ref, f"{name} step {i} {set_kwargs} {config}")
+
+
+def assert_parity_or_same_overrun(name: str, config: dict, steps: int, **kwargs) -> None:
+    """assert_sampling_parity, except where the first timestep repeats (truncated beta / exponential sigmas,
+    squaredcos karras): diffusers then starts at the second copy and fails on its last step (an IndexError or
+    AssertionError). There every earlier step must match and diffrt must refuse the last one with ConfigError."""
+    try:
+        assert_sampling_parity(name, config, steps, **kwargs)
+    except ConfigError as error:
+        if "past the end" not in str(error):
+            raise
+        reference = getattr(diffusers, name).from_config(config)
+        reference.set_timesteps(steps)
+        assert reference.timesteps[0] == reference.timesteps[1]
+        x = torch.zeros(SHAPE)
+        with pytest.raises((IndexError, AssertionError)):
+            for t in reference.timesteps:
+                x = reference.step(torch.ones(SHAPE), t, x).prev_sample
+
+
+def config_id(extra: dict) -> str:
+    """Short test id for a config dict (lists such as trained_betas by length only)."""
+    return ",".join(f"{k}={f'<{len(v)} values>' if isinstance(v, list) else v}" for k, v in extra.items())

@@ -1,9 +1,6 @@
 """EulerDiscreteScheduler matches diffusers across its config space."""
 
-import itertools
-
 import pytest
-
 from parity import SD_BASE, STEP_COUNTS, assert_img2img_parity, assert_sampling_parity
 
 NAME = "EulerDiscreteScheduler"

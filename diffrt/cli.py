@@ -1,0 +1,135 @@
+"""The ``diffrt`` command line. Each subcommand is one entry in COMMANDS; its module is imported only when run,
+so ``diffrt --help`` and torch-free commands never load torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Callable
+
+from diffrt import __version__
+
+
+def _info(args: argparse.Namespace) -> int:
+    """Versions and the execution backends this environment can use."""
+    import importlib.metadata as md
+    import importlib.util
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    report = {
+        "diffrt": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": version("numpy"),
+        "tokenizers": version("tokenizers"),
+        "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu"),
+        "tensorrt": version("tensorrt") or version("tensorrt-cu12"),
+        "torch (export only)": version("torch"),
+    }
+    if importlib.util.find_spec("onnxruntime"):
+        import onnxruntime
+
+        report["onnxruntime providers"] = onnxruntime.get_available_providers()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:>22}: {value if value is not None else 'not installed'}")
+    return 0
+
+
+def _schedulers(args: argparse.Namespace) -> int:
+    """List the schedulers, or show the one a package's scheduler config selects and its timesteps."""
+    from diffrt.runtime.schedulers import SCHEDULERS, scheduler_from_config
+    from diffrt.runtime.schedulers.base import load_config
+
+    if not args.package:
+        for name in sorted(SCHEDULERS):
+            if not name.startswith("_") and SCHEDULERS[name].__module__.startswith("diffrt.runtime.schedulers."):
+                print(name)
+        return 0
+    from pathlib import Path
+
+    folder = Path(args.package)
+    folder = folder / "scheduler" if (folder / "scheduler").is_dir() else folder
+    config = load_config(folder)
+    if args.use:
+        config["_class_name"] = args.use
+    scheduler = scheduler_from_config(config)
+    scheduler.set_timesteps(args.steps)
+    print(repr(scheduler))
+    print(f"timesteps ({args.steps}): {scheduler.timesteps.tolist()}")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    """Print CLIP token ids of a prompt with a package's (or tokenizer folder's) tokenizer."""
+    from diffrt.runtime.tokenizer import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(args.package)
+    ids = tokenizer.encode(args.prompt)
+    print(json.dumps({"ids": ids, "tokens": len(ids), "fits": len(ids) <= tokenizer.model_max_length}))
+    return 0
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_schedulers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", nargs="?", help="a package or diffusers folder (or its scheduler/ folder)")
+    p.add_argument("--use", metavar="NAME", help="another scheduler class to build from that config")
+    p.add_argument("--steps", type=int, default=25, help="number of inference steps (default 25)")
+
+
+def _add_tokenize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", help="a package or diffusers folder, or a tokenizer folder")
+    p.add_argument("prompt")
+
+
+# name -> (help, add arguments, run). Later stages register export, generate, engines, bench here.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "info": ("show versions and available execution backends", _add_info, _info),
+    "schedulers": ("list schedulers, or show a package's schedule", _add_schedulers, _schedulers),
+    "tokenize": ("print CLIP token ids of a prompt", _add_tokenize, _tokenize),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffrt",
+        description="Deploy diffusion models: export once to ONNX / TensorRT, generate without PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"diffrt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    from diffrt.runtime.errors import DiffrtError
+
+    try:
+        return args.run(args)
+    except DiffrtError as error:
+        print(f"diffrt {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

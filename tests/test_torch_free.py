@@ -1,0 +1,71 @@
+"""The runtime imports and works in an interpreter where torch (and the test oracles) cannot be imported."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        BLOCKED = {"torch", "torchvision", "diffusers", "transformers", "scipy", "accelerate"}
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in self.BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def run_blocked(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_blocker_really_blocks_torch():
+    result = run_blocked("import torch")
+    assert result.returncode != 0 and "blocked" in result.stderr
+
+
+def test_runtime_imports_and_runs_without_torch(tokenizer_folders):
+    folder = str(tokenizer_folders["sd1-vocab-merges"])
+    result = run_blocked(
+        f"""
+        import json, sys
+        import numpy as np
+        import diffrt, diffrt.cli
+        import diffrt.runtime
+        from diffrt.runtime import CLIPTokenizer, SCHEDULERS
+        from diffrt.export.clip_vocab import clip_vocab_and_merges  # torch-free part of export
+        ran = []
+        for name, cls in sorted(SCHEDULERS.items()):
+            s = cls.from_config({{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}})
+            s.set_timesteps(4)
+            x = np.ones((1, 4, 8, 8), np.float32) * np.float32(s.init_noise_sigma)
+            for t in s.timesteps:
+                x = s.step(0.1 * s.scale_model_input(x, t), t, x, generator=0).prev_sample
+            assert np.isfinite(x).all(), name
+            ran.append(name)
+        ids = CLIPTokenizer.from_pretrained({folder!r})("a cat").input_ids[0, :4].tolist()
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "scipy"))
+        print(json.dumps({{"ran": ran, "ids": ids, "heavy": heavy}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    assert report["ids"] == [49406, 320, 2368, 49407]
+    assert len(report["ran"]) >= 15, report["ran"]
+
+
+def test_cli_help_without_torch():
+    result = run_blocked("from diffrt.cli import main; raise SystemExit(main(['--help']))")
+    assert result.returncode == 0, result.stderr
+    for command in ("info", "schedulers", "tokenize"):
+        assert command in result.stdout
