@@ -114,8 +114,33 @@ def test_conflicting_sigma_schedules_are_refused():
 def test_config_reads_as_attributes_and_is_read_only():
     scheduler = EulerDiscreteScheduler.from_config(SD_CONFIG)
     assert scheduler.config.beta_schedule == "scaled_linear"
-    with pytest.raises(AttributeError):
+    with pytest.raises(TypeError, match="read-only"):
         scheduler.config.beta_schedule = "linear"
+    with pytest.raises(TypeError, match="read-only"):
+        scheduler.config["beta_schedule"] = "linear"
+    with pytest.raises(AttributeError, match="no field 'made_up'"):
+        _ = scheduler.config.made_up
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_schedulers_copy_and_pickle_mid_run(name, copier):
+    """Servers copy a configured scheduler per request: a copy taken mid-run continues exactly as the original."""
+    import copy
+    import pickle
+
+    scheduler = SCHEDULERS[name].from_config(SD_CONFIG)
+    scheduler.set_timesteps(6)
+    x = np.ones((1, 4, 4, 4), np.float32)
+    for t in scheduler.timesteps[:2]:
+        x = scheduler.step(0.1 * scheduler.scale_model_input(x, t), t, x, generator=0).prev_sample
+    clone = copy.deepcopy(scheduler) if copier == "deepcopy" else pickle.loads(pickle.dumps(scheduler))
+    assert clone.config == scheduler.config and clone.step_index == scheduler.step_index
+    a, b = x.copy(), x.copy()
+    for t in scheduler.timesteps[scheduler.step_index :]:
+        a = scheduler.step(0.1 * scheduler.scale_model_input(a, t), t, a, generator=1).prev_sample
+        b = clone.step(0.1 * clone.scale_model_input(b, t), t, b, generator=1).prev_sample
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("fixture", ["sd1", "sd2", "inpaint", "ddpm"])

@@ -38,8 +38,13 @@ class SchedulerConfig(dict):
         except KeyError:
             raise AttributeError(f"scheduler config has no field {name!r}") from None
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
+
+    __setattr__ = __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+
+    def __reduce__(self):  # copy / deepcopy / pickle rebuild it whole instead of item by item
+        return (type(self), (dict(self),))
 
 
 @dataclass

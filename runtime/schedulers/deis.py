@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ConfigError, check_choice
-from . import noise_schedule as ns
 from .base import SchedulerOutput
 from .exponential_integrator import ExponentialIntegratorScheduler
 
@@ -59,9 +58,11 @@ class DEISMultistepScheduler(ExponentialIntegratorScheduler):
     ):
         name = type(self).__name__
         if algorithm_type in ("dpmsolver", "dpmsolver++"):  # diffusers maps DPM-Solver configs onto DEIS
-            self.config["algorithm_type"] = algorithm_type = "deis"
+            self._rewrite_config(algorithm_type="deis")
+            algorithm_type = "deis"
         if solver_type in ("midpoint", "heun", "bh1", "bh2"):  # ... and their solver types onto logrho
-            self.config["solver_type"] = solver_type = "logrho"
+            self._rewrite_config(solver_type="logrho")
+            solver_type = "logrho"
         check_choice("algorithm_type", algorithm_type, ("deis", "dpmsolver", "dpmsolver++"), name)
         check_choice("solver_type", solver_type, ("logrho", "midpoint", "heun", "bh1", "bh2"), name)
         self._setup_tables()
@@ -71,18 +72,10 @@ class DEISMultistepScheduler(ExponentialIntegratorScheduler):
         """n timesteps (int64) and n + 1 sigmas; resampled and flow schedules repeat their last sigma."""
         cfg = self.config
         n = self._check_num_inference_steps(num_inference_steps)
-        if mu is not None:  # diffusers stores exp(mu) as the flow shift
-            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
-                raise ConfigError("mu needs use_dynamic_shifting=True and time_shift_type='exponential'.")
-            self.config["flow_shift"] = float(np.exp(mu))
+        self._apply_mu(mu)
         timesteps = self._spaced_timesteps(n)
-        train = self._train_sigmas()
-        resampled = ns.resample_sigmas(cfg, train[::-1].astype(np.float64), n)
-        if resampled is not None:
-            sigmas = resampled
-            timesteps = ns.sigma_to_t(sigmas, np.log(train))  # float32 log table, as diffusers
-            if cfg.use_karras_sigmas:
-                timesteps = timesteps.round()  # karras rounds; exponential/beta truncate in the int64 cast
+        if (resampled := self._resampled_sigmas(n)) is not None:
+            sigmas, timesteps = resampled
             sigmas = np.concatenate([sigmas, sigmas[-1:]])
         elif cfg.use_flow_sigmas:
             sigmas, timesteps = self._flow_sigmas(n)

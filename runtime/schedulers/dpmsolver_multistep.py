@@ -135,35 +135,20 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
         """Build the schedule: ``num_inference_steps`` spaced timesteps (or custom ``timesteps``) and their sigmas,
         resampled when the config asks for karras / lu / exponential / beta / flow sigmas."""
         cfg = self.config
-        if mu is not None:  # dynamic shifting: diffusers rewrites flow_shift = e^mu for good
-            if not cfg.use_dynamic_shifting or cfg.time_shift_type != "exponential":
-                raise ConfigError(
-                    "set_timesteps(mu=...) requires use_dynamic_shifting=True and time_shift_type='exponential'."
-                )
-            self._rewrite_config(flow_shift=float(np.exp(mu)))
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ConfigError("set_timesteps takes exactly one of num_inference_steps or timesteps.")
-        resampled = cfg.use_karras_sigmas or cfg.use_lu_lambdas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas
-        if timesteps is not None:
-            if resampled or cfg.use_flow_sigmas:
-                raise ConfigError("custom timesteps cannot be combined with karras/lu/exponential/beta/flow sigmas.")
-            timesteps = np.asarray(timesteps).astype(np.int64)
-            n = len(timesteps)
-        else:
-            n = self._check_num_inference_steps(num_inference_steps)
-            clipped = int(np.searchsorted(self.lambda_t[::-1], np.float32(cfg.lambda_min_clipped)))
-            timesteps = self._spaced_timesteps(n, cfg.num_train_timesteps - clipped)
-        train = self._train_sigmas()
-        log_sigmas = np.log(train)  # float32, as diffusers interpolates in it (decides truncated timesteps)
-        if resampled:
-            if cfg.use_lu_lambdas:  # evenly spaced in log-sigma between diffusers' "lambda" bounds
-                lo, hi = float(log_sigmas[0]), float(log_sigmas[-1])
-                sigmas = np.exp(hi + np.linspace(0, 1, n) * (lo - hi))
-            else:
-                sigmas = ns.resample_sigmas(cfg, train[::-1].astype(np.float64), n)
+        self._apply_mu(mu)
+        timesteps = self._inference_timesteps(num_inference_steps, timesteps)
+        n = len(timesteps)
+        if cfg.use_lu_lambdas and not cfg.use_karras_sigmas:  # evenly spaced in lambda (Lu et al. 2022b)
+            log_sigmas = np.log(self._train_sigmas())
+            lo, hi = float(log_sigmas[0]), float(log_sigmas[-1])
+            sigmas = np.exp(hi + np.linspace(0, 1, n) * (lo - hi))
             timesteps = ns.sigma_to_t(sigmas, log_sigmas)
-            if (cfg.use_karras_sigmas or cfg.use_lu_lambdas) and cfg.beta_schedule != "squaredcos_cap_v2":
-                timesteps = timesteps.round()  # otherwise the int64 cast below truncates
+            if cfg.beta_schedule != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+        elif (
+            resampled := self._resampled_sigmas(n, round_karras=cfg.beta_schedule != "squaredcos_cap_v2")
+        ) is not None:
+            sigmas, timesteps = resampled
         elif cfg.use_flow_sigmas:
             sigmas, timesteps = self._flow_sigmas(n)
         else:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from . import noise_schedule as ns
 from .base import SchedulerOutput, randn
 from .dpmsolver_multistep import dpm_coefficients, remap_solver_names
 from .exponential_integrator import ExponentialIntegratorScheduler
@@ -87,31 +86,11 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
     ) -> None:
         """Build the schedule (linspace timesteps, or karras / exponential / beta / flow sigmas) and its order list."""
         cfg = self.config
-        if mu is not None:  # dynamic shifting: diffusers rewrites flow_shift = e^mu for good
-            if not cfg.use_dynamic_shifting or cfg.time_shift_type != "exponential":
-                raise ConfigError(
-                    "set_timesteps(mu=...) requires use_dynamic_shifting=True and time_shift_type='exponential'."
-                )
-            self._rewrite_config(flow_shift=float(np.exp(mu)))
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ConfigError("set_timesteps takes exactly one of num_inference_steps or timesteps.")
-        resampled = cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas
-        if timesteps is not None:
-            if resampled or cfg.use_flow_sigmas:
-                raise ConfigError("custom timesteps cannot be combined with karras/exponential/beta/flow sigmas.")
-            timesteps = np.asarray(timesteps).astype(np.int64)
-            n = len(timesteps)
-        else:
-            n = self._check_num_inference_steps(num_inference_steps)
-            clipped = int(np.searchsorted(self.lambda_t[::-1], np.float32(cfg.lambda_min_clipped)))
-            timesteps = self._spaced_timesteps(n, cfg.num_train_timesteps - clipped)
-        self.num_inference_steps = n
-        train = self._train_sigmas()
-        if resampled:
-            sigmas = ns.resample_sigmas(cfg, train[::-1].astype(np.float64), n)
-            timesteps = ns.sigma_to_t(sigmas, np.log(train))  # float32 log-sigmas, as diffusers
-            if cfg.use_karras_sigmas:
-                timesteps = timesteps.round()  # exponential / beta are truncated by the int64 cast
+        self._apply_mu(mu)
+        timesteps = self._inference_timesteps(num_inference_steps, timesteps)
+        n = self.num_inference_steps = len(timesteps)
+        if (resampled := self._resampled_sigmas(n)) is not None:
+            sigmas, timesteps = resampled
         elif cfg.use_flow_sigmas:
             sigmas, timesteps = self._flow_sigmas(n)
         else:

@@ -10,6 +10,8 @@ ways (final sigma, rounding) that results depend on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ..errors import ConfigError, check_choice
@@ -60,12 +62,14 @@ class ExponentialIntegratorScheduler(Scheduler):
         """Training sigmas, ascending in t, as float32 (the table the schedules interpolate)."""
         return ns.sigmas_from_alphas_cumprod(self.alphas_cumprod)
 
-    def _spaced_timesteps(self, n: int, last_timestep: int | None = None) -> np.ndarray:
-        """n int64 timesteps: ``linspace``/``leading`` place n + 1 points on [0, last_timestep) and drop the final
-        (t = 0) one; ``trailing`` counts down from ``last_timestep`` - 1 in steps of N / n."""
+    def _spaced_timesteps(self, n: int) -> np.ndarray:
+        """n int64 timesteps: ``linspace``/``leading`` place n + 1 points on [0, last) and drop the final (t = 0)
+        one; ``trailing`` counts down from last - 1 in steps of N / n. last = N, less the noisiest timesteps whose
+        lambda falls below ``lambda_min_clipped`` where the config has that field (DPM-Solver)."""
         cfg = self.config
         total = cfg.num_train_timesteps
-        last = total if last_timestep is None else last_timestep
+        lambda_min = np.float32(cfg.get("lambda_min_clipped", -np.inf))
+        last = total - int(np.searchsorted(self.lambda_t[::-1], lambda_min))
         spacing = cfg.get("timestep_spacing", "linspace")
         if spacing == "linspace":
             t = np.linspace(0, last - 1, n + 1).round()[::-1][:-1]
@@ -75,13 +79,46 @@ class ExponentialIntegratorScheduler(Scheduler):
             t = np.arange(last, 0, -total / n).round() - 1
         return t.astype(np.int64)
 
-    def _resampled_sigmas(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Karras / exponential / beta sigmas (descending, float64) and their fractional timesteps, or None."""
+    def _inference_timesteps(self, num_inference_steps: int | None, timesteps: Sequence[int] | None) -> np.ndarray:
+        """Explicit ``timesteps`` (int64; not with resampled sigmas) or ``num_inference_steps`` spaced per config."""
+        cfg = self.config
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ConfigError("set_timesteps takes exactly one of num_inference_steps or timesteps.")
+        if timesteps is None:
+            return self._spaced_timesteps(self._check_num_inference_steps(num_inference_steps))
+        resampling = (
+            "use_karras_sigmas",
+            "use_lu_lambdas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "use_flow_sigmas",
+        )
+        if any(cfg.get(k) for k in resampling):
+            raise ConfigError("custom timesteps cannot be combined with karras/lu/exponential/beta/flow sigmas.")
+        return np.asarray(timesteps).astype(np.int64)
+
+    def _apply_mu(self, mu: float | None) -> None:
+        """Dynamic shifting: diffusers rewrites ``flow_shift`` = e^mu in the config, for good."""
+        if mu is None:
+            return
+        if not self.config.get("use_dynamic_shifting") or self.config.get("time_shift_type") != "exponential":
+            raise ConfigError(
+                "set_timesteps(mu=...) requires use_dynamic_shifting=True and time_shift_type='exponential'."
+            )
+        self._rewrite_config(flow_shift=float(np.exp(mu)))
+
+    def _resampled_sigmas(self, n: int, round_karras: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+        """Karras / exponential / beta sigmas (descending, float64) and their timesteps, or None. Karras timesteps
+        are rounded (``round_karras``); the others stay fractional, so the int64 cast truncates them, as in
+        diffusers. Timesteps are read back against float32 log-sigmas, as diffusers interpolates."""
         train = self._train_sigmas()
         sigmas = ns.resample_sigmas(self.config, train[::-1].astype(np.float64), n)
         if sigmas is None:
             return None
-        return sigmas, ns.sigma_to_t(sigmas, np.log(train))
+        timesteps = ns.sigma_to_t(sigmas, np.log(train))
+        if round_karras and self.config.get("use_karras_sigmas"):
+            timesteps = timesteps.round()
+        return sigmas, timesteps
 
     def _flow_sigmas(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Flow-matching sigmas (sigma = t, shifted by ``flow_shift``) and their timesteps sigma * N."""

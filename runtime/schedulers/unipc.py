@@ -56,7 +56,8 @@ class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
     ):
         name = type(self).__name__
         if solver_type in ("midpoint", "heun", "logrho"):  # diffusers maps other solvers' names to bh2
-            self.config["solver_type"] = solver_type = "bh2"
+            self._rewrite_config(solver_type="bh2")
+            solver_type = "bh2"
         check_choice("solver_type", solver_type, ("bh1", "bh2", "midpoint", "heun", "logrho"), name)
         check_choice("time_shift_type", time_shift_type, ("exponential", "linear"), name)
         if solver_p is not None:
