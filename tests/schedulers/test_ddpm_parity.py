@@ -172,3 +172,18 @@ def test_add_noise_matches_diffusers(timesteps):
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_img2img_entry_matches_diffusers(spacing, strength):
     assert_img2img_parity(NAME, {**SD_BASE, "timestep_spacing": spacing}, 25, strength)
+
+
+def test_unknown_variance_type_is_refused_where_diffusers_falls_back_to_fixed_small():
+    bogus = diffusers.DDPMScheduler(variance_type="made_up")
+    fixed_small = diffusers.DDPMScheduler(variance_type="fixed_small")
+    x = torch.ones(SHAPE)
+    for scheduler in (bogus, fixed_small):
+        scheduler.set_timesteps(5)
+    with shared_noise(bogus, 0):
+        a = bogus.step(x, bogus.timesteps[0], x).prev_sample
+    with shared_noise(fixed_small, 0):
+        b = fixed_small.step(x, fixed_small.timesteps[0], x).prev_sample
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="variance_type='made_up' is not supported.*'fixed_small'"):
+        SCHEDULERS[NAME].from_config({"variance_type": "made_up"})

@@ -3,7 +3,7 @@
 import diffusers
 import numpy as np
 import pytest
-from parity import SD_BASE, STEP_COUNTS, assert_img2img_parity, assert_sampling_parity
+from parity import SD_BASE, STEP_COUNTS, assert_img2img_parity, assert_parity_or_same_overrun, assert_sampling_parity
 
 import diffrt.runtime.schedulers.deis  # noqa: F401 - registers the class in SCHEDULERS
 from diffrt.runtime.errors import ConfigError
@@ -19,13 +19,8 @@ SIGMA_SCHEDULES = ({}, {"use_karras_sigmas": True}, {"use_exponential_sigmas": T
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_sampling_matches_diffusers(spacing, prediction_type, sigmas, steps):
     config = {**SD_BASE, "timestep_spacing": spacing, "prediction_type": prediction_type, **sigmas}
-    if sigmas.get("use_beta_sigmas") and steps == 50:
-        # diffusers' int64 cast repeats timestep 998 first, so its index lookup starts at 1 and its last step
-        # indexes past its sigmas (IndexError); diffrt reaches the same point and raises ConfigError.
-        with pytest.raises(ConfigError, match="past the end of the"):
-            assert_sampling_parity(NAME, config, steps)
-        return
-    assert_sampling_parity(NAME, config, steps)
+    # beta sigmas at 50 steps repeat timestep 998 first (int64 cast): diffusers then overruns on its last step
+    assert_parity_or_same_overrun(NAME, config, steps)
 
 
 @pytest.mark.parametrize("steps", [4, 10, 25])
