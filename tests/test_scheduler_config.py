@@ -237,3 +237,16 @@ def test_float16_model_outputs_give_float16_samples_close_to_float32(name):
     assert x16.dtype == np.float16 and x32.dtype == np.float32
     assert np.isfinite(x16).all()
     assert np.abs(x16.astype(np.float32) - x32).max() <= 2e-2 * max(1.0, np.abs(x32).max())
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_step_before_set_timesteps_works_or_says_what_to_do(name):
+    scheduler = SCHEDULERS[name].from_config(SD_CONFIG)
+    x = np.ones((1, 4, 4, 4), np.float32)
+    t = scheduler.timesteps[0]
+    try:
+        out = scheduler.step(0.1 * scheduler.scale_model_input(x, t), t, x, generator=0).prev_sample
+    except ConfigError as error:
+        assert "set_timesteps" in str(error)
+    else:
+        assert out.shape == x.shape and np.isfinite(out).all()

@@ -220,6 +220,11 @@ class Scheduler:
         for key, value in changes.items():
             dict.__setitem__(self.config, key, value)
 
+    def _require_timesteps(self) -> None:
+        """Schedulers whose step needs the inference schedule refuse to step before ``set_timesteps``."""
+        if self.num_inference_steps is None:
+            raise ConfigError(f"{type(self).__name__}.step was called before set_timesteps(num_inference_steps).")
+
     def _check_step_in_range(self) -> None:
         """A schedule whose first timestep repeats (truncated beta / exponential sigmas) starts at the second copy,
         as diffusers does, and so runs out one step early; say so instead of failing on an index."""

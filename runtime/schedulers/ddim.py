@@ -63,8 +63,7 @@ class DDIMScheduler(AlphaBarScheduler):
         variance_noise: np.ndarray | None = None,
     ) -> SchedulerOutput:
         """x_{t-1} = sqrt(a_{t-1}) x0 + sqrt(1 - a_{t-1} - sigma_t^2) eps + sigma_t z, sigma_t = eta * sigma_DDPM."""
-        if self.num_inference_steps is None:
-            raise ConfigError("DDIMScheduler.step needs set_timesteps(num_inference_steps) to be called first.")
+        self._require_timesteps()
         alpha_bar, alpha_bar_prev = self._alpha_bars(int(timestep))
         kind = self.config.prediction_type
         x0 = self.predict_x0(model_output, sample, alpha_bar)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, check_choice
+from ..errors import check_choice
 from .base import SchedulerOutput
 from .exponential_integrator import ExponentialIntegratorScheduler
 
@@ -112,8 +112,7 @@ class DEISMultistepScheduler(ExponentialIntegratorScheduler):
 
     def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray, generator=None) -> SchedulerOutput:
         """One multistep DEIS step, warming up from first order and, below 15 steps, cooling down to it."""
-        if self.num_inference_steps is None:
-            raise ConfigError("call set_timesteps before step.")
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         i, cfg, n = self._step_index, self.config, len(self.timesteps)

@@ -174,8 +174,7 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
         variance_noise: np.ndarray | None = None,
     ) -> SchedulerOutput:
         """One multistep update from sigmas[i] to sigmas[i + 1], of the highest order the history allows."""
-        if self.num_inference_steps is None:
-            raise ConfigError("call set_timesteps before step.")
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         cfg, i, n = self.config, self._step_index, len(self.timesteps)

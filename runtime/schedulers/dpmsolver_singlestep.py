@@ -126,8 +126,7 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         generator: np.random.Generator | int | None = None,
     ) -> SchedulerOutput:
         """One step of the current group: of order ``order_list[i]``, lowered while the history is too short."""
-        if self.num_inference_steps is None:
-            raise ConfigError("call set_timesteps before step.")
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         self._check_step_in_range()

@@ -36,7 +36,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         steps_offset: int = 0,
     ):
         self._setup_tables(accepted_betas=(*ns.BETA_SCHEDULES, "exp"))
-        self.set_timesteps(num_train_timesteps)  # diffusers starts from the full training schedule
+        self.prev_derivative = self.dt = self.sample = None  # set_timesteps builds the interleaved schedule
 
     @property
     def state_in_first_order(self) -> bool:
@@ -66,6 +66,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         """Predictor: x' = x + d(x, sigma_i) dt, remembering x, d and dt.
         Corrector: x + (d + d(x', sigma_{i+1})) / 2 dt.
         ``generator`` is unused (deterministic sampler); accepted so every scheduler steps alike."""
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         sample = sample.astype(np.float32, copy=False)

@@ -34,7 +34,7 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
     ):
         # diffusers accepts "sample" here but raises NotImplementedError at the first step; refuse it up front
         self._setup_tables(accepted_predictions=("epsilon", "v_prediction"))
-        self.set_timesteps(num_train_timesteps)  # diffusers starts from the full training schedule
+        self.sample = None  # set_timesteps builds the interleaved schedule and its midpoint tables
 
     @property
     def state_in_first_order(self) -> bool:
@@ -72,6 +72,7 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
 
     def scale_model_input(self, sample: np.ndarray, timestep: float) -> np.ndarray:
         """Divide by sqrt(sigma^2 + 1) at the sigma the model is evaluated at (sigma_i, then sigma_mid)."""
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         sigma, sigma_mid, _, _ = self._stage_sigmas()
@@ -87,6 +88,7 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
     ) -> SchedulerOutput:
         """Stage 1: x_mid = x + d(x, sigma_i) (sigma_mid - sigma_i), remembering x.
         Stage 2: x_next = x + d(x_mid, sigma_mid) (sigma_next - sigma_i) [+ sigma_up * noise when ancestral]."""
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         sample = sample.astype(np.float32, copy=False)

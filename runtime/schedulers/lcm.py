@@ -136,8 +136,7 @@ class LCMScheduler(AlphaBarScheduler):
         return self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
 
     def _start_step(self, timestep) -> int:
-        if self.num_inference_steps is None:
-            raise ConfigError(f"{type(self).__name__}.step was called before set_timesteps.")
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         return self._step_index

@@ -36,7 +36,6 @@ class PNDMScheduler(AlphaBarScheduler):
         self._setup_tables()
         self.prk_timesteps: np.ndarray | None = None
         self.plms_timesteps: np.ndarray | None = None
-        self.timesteps = None
         self._reset_history()
 
     def _reset_history(self) -> None:
@@ -83,8 +82,7 @@ class PNDMScheduler(AlphaBarScheduler):
         return self.step_plms(model_output, timestep, sample)
 
     def _check_ready(self) -> None:
-        if self.num_inference_steps is None:
-            raise ConfigError("PNDMScheduler.step needs set_timesteps(num_inference_steps) to be called first.")
+        self._require_timesteps()
 
     def step_prk(self, model_output: np.ndarray, timestep: int, sample: np.ndarray) -> SchedulerOutput:
         """One of the four stages of a pseudo Runge-Kutta step (Liu et al. 2022, eq. 13): eps weights 1/6, 1/3,

@@ -193,8 +193,7 @@ class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
 
     def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray, generator=None) -> SchedulerOutput:
         """Correct the sample just reached with UniC, then predict the next one with UniP."""
-        if self.num_inference_steps is None:
-            raise ConfigError("call set_timesteps before step.")
+        self._require_timesteps()
         if self._step_index is None:
             self._init_step_index(timestep)
         i, cfg = self._step_index, self.config
