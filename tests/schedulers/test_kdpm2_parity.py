@@ -1,14 +1,10 @@
 """KDPM2DiscreteScheduler matches diffusers across its config space."""
 
-import diffusers
 import numpy as np
 import pytest
-import torch
 from parity import SD_BASE, STEP_COUNTS, assert_img2img_parity, assert_sampling_parity
 
 import diffrt.runtime.schedulers.kdpm2  # noqa: F401  (registers the class; the package __init__ does not list it yet)
-from diffrt.runtime.errors import ConfigError
-from diffrt.runtime.schedulers import SCHEDULERS
 
 NAME = "KDPM2DiscreteScheduler"
 SIGMA_SCHEDULES = ({}, {"use_karras_sigmas": True}, {"use_exponential_sigmas": True}, {"use_beta_sigmas": True})
@@ -21,18 +17,6 @@ SIGMA_SCHEDULES = ({}, {"use_karras_sigmas": True}, {"use_exponential_sigmas": T
 def test_sampling_matches_diffusers(spacing, prediction_type, sigmas, steps):
     config = {**SD_BASE, "timestep_spacing": spacing, "prediction_type": prediction_type, **sigmas}
     assert_sampling_parity(NAME, config, steps)
-
-
-def test_sample_prediction_is_refused_like_diffusers():
-    """diffusers builds with prediction_type="sample" but raises NotImplementedError at the first step; we refuse
-    at construction."""
-    reference = getattr(diffusers, NAME).from_config({**SD_BASE, "prediction_type": "sample"})
-    reference.set_timesteps(4)
-    x = torch.zeros(1, 4, 8, 8)
-    with pytest.raises(NotImplementedError):
-        reference.step(x, reference.timesteps[0], x)
-    with pytest.raises(ConfigError, match="prediction_type"):
-        SCHEDULERS[NAME].from_config({**SD_BASE, "prediction_type": "sample"})
 
 
 @pytest.mark.parametrize(

@@ -74,20 +74,6 @@ def test_exact_coefficient_equals_quadrature(config):
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), (order, t, j)
 
 
-def test_unknown_prediction_type_is_refused_like_diffusers():
-    # diffusers accepts the config and raises ValueError at the first step; diffrt refuses it at construction.
-    import diffusers
-    import torch
-
-    reference = diffusers.LMSDiscreteScheduler.from_config({**SD_BASE, "prediction_type": "x0"})
-    reference.set_timesteps(4)
-    x = torch.zeros(1, 4, 8, 8)
-    with pytest.raises(ValueError):
-        reference.step(x, reference.timesteps[0], x)
-    with pytest.raises(ConfigError, match="prediction_type"):
-        lms.LMSDiscreteScheduler.from_config({**SD_BASE, "prediction_type": "x0"})
-
-
 def test_order_below_one_is_refused():
     scheduler = lms.LMSDiscreteScheduler.from_config(SD_BASE)
     scheduler.set_timesteps(4)

@@ -37,19 +37,6 @@ def test_sampling_matches_diffusers(spacing, prediction_type, skip_prk_steps, st
     assert_sampling_parity(NAME, config, steps)
 
 
-@pytest.mark.parametrize("skip_prk_steps", [True, False])
-def test_sample_prediction_is_refused_like_diffusers(skip_prk_steps):
-    """diffusers builds the scheduler but raises on the first step; diffrt refuses the config up front."""
-    config = {**SD_BASE, "prediction_type": "sample", "skip_prk_steps": skip_prk_steps}
-    reference = diffusers.PNDMScheduler.from_config(config)
-    reference.set_timesteps(10)
-    x = torch.ones(SHAPE)
-    with pytest.raises(ValueError, match="prediction_type"):
-        reference.step(x, reference.timesteps[0], x)
-    with pytest.raises(ConfigError, match="prediction_type"):
-        SCHEDULERS[NAME].from_config(config)
-
-
 @pytest.mark.parametrize(
     "extra",
     [
