@@ -1,6 +1,7 @@
 """Scheduler overhead per denoising step: diffrt (NumPy) against diffusers (torch), side by side in one process.
 
-Each scheduler runs its whole loop (set_timesteps, then scale_model_input + step per timestep) on SD 1.5's
+Two numbers per scheduler and side: setup (from_config + set_timesteps, what a server pays per request when it
+builds a scheduler) and step (scale_model_input + step, per timestep, averaged over the loop), on SD 1.5's
 512 x 512 latent shape with classifier-free guidance (batch 2 x 4 x 64 x 64), fed a fixed model output so that
 only the scheduler is timed. diffrt and diffusers runs alternate; the median of the repeats is kept.
 
@@ -30,29 +31,32 @@ SD_CONFIG = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end"
 SHAPE = (2, 4, 64, 64)
 
 
-def loop_diffrt(name: str, steps: int, x: np.ndarray, eps: np.ndarray) -> None:
+def loop_diffrt(name: str, steps: int, x: np.ndarray, eps: np.ndarray) -> tuple[float, float]:
+    """(setup seconds, loop seconds)."""
+    start = time.perf_counter()
     scheduler = SCHEDULERS[name].from_config(SD_CONFIG)
     scheduler.set_timesteps(steps)
+    ready = time.perf_counter()
     rng = np.random.default_rng(0)
     for t in scheduler.timesteps:
         scheduler.scale_model_input(x, t)
         x = scheduler.step(eps, t, x, generator=rng).prev_sample
+    return ready - start, time.perf_counter() - ready
 
 
-def loop_diffusers(name: str, steps: int, x: torch.Tensor, eps: torch.Tensor) -> None:
+def loop_diffusers(name: str, steps: int, x: torch.Tensor, eps: torch.Tensor) -> tuple[float, float]:
+    """(setup seconds, loop seconds)."""
+    start = time.perf_counter()
     scheduler = getattr(diffusers, name).from_config(SD_CONFIG)
     scheduler.set_timesteps(steps)
+    ready = time.perf_counter()
     generator = torch.Generator().manual_seed(0)
+    accepts_generator = "generator" in scheduler.step.__code__.co_varnames
     for t in scheduler.timesteps:
         scheduler.scale_model_input(x, t)
-        kwargs = {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
+        kwargs = {"generator": generator} if accepts_generator else {}
         x = scheduler.step(eps, t, x, **kwargs).prev_sample
-
-
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
+    return ready - start, time.perf_counter() - ready
 
 
 def main() -> None:
@@ -70,17 +74,19 @@ def main() -> None:
     for name in sorted(SCHEDULERS):
         loop_diffrt(name, args.steps, x, eps)  # warm-up both
         loop_diffusers(name, args.steps, x_t, eps_t)
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            ours.append(timed(loop_diffrt, name, args.steps, x, eps))
-            theirs.append(timed(loop_diffusers, name, args.steps, x_t, eps_t))
-        ours_ms, theirs_ms = 1e3 * statistics.median(ours), 1e3 * statistics.median(theirs)
+        ours = [loop_diffrt(name, args.steps, x, eps) for _ in range(args.repeats)]
+        theirs = [loop_diffusers(name, args.steps, x_t, eps_t) for _ in range(args.repeats)]
+        o_setup, o_loop = (1e3 * statistics.median(v) for v in zip(*ours))
+        t_setup, t_loop = (1e3 * statistics.median(v) for v in zip(*theirs))
         rows.append(
             {
                 "scheduler": name,
-                "diffrt_ms_per_step": round(ours_ms / args.steps, 3),
-                "diffusers_ms_per_step": round(theirs_ms / args.steps, 3),
-                "diffusers_over_diffrt": round(theirs_ms / ours_ms, 2),
+                "diffrt_setup_ms": round(o_setup, 2),
+                "diffusers_setup_ms": round(t_setup, 2),
+                "setup_diffusers_over_diffrt": round(t_setup / o_setup, 2),
+                "diffrt_ms_per_step": round(o_loop / args.steps, 3),
+                "diffusers_ms_per_step": round(t_loop / args.steps, 3),
+                "step_diffusers_over_diffrt": round(t_loop / o_loop, 2),
             }
         )
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -93,17 +99,26 @@ def main() -> None:
         "repeats": args.repeats,
         "versions": {"numpy": np.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
         "rows": rows,
-        "ratios": {"median_diffusers_over_diffrt": statistics.median(r["diffusers_over_diffrt"] for r in rows)},
+        "ratios": {
+            "median_step_diffusers_over_diffrt": statistics.median(r["step_diffusers_over_diffrt"] for r in rows),
+            "median_setup_diffusers_over_diffrt": statistics.median(r["setup_diffusers_over_diffrt"] for r in rows),
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print("| scheduler | diffrt ms/step | diffusers ms/step | diffusers / diffrt |\n|---|---|---|---|")
+    print("| scheduler | setup ms: diffrt | diffusers | ratio | step ms: diffrt | diffusers | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['scheduler']} | {r['diffrt_ms_per_step']} | {r['diffusers_ms_per_step']} "
-            f"| {r['diffusers_over_diffrt']} |"
+            f"| {r['scheduler']} | {r['diffrt_setup_ms']} | {r['diffusers_setup_ms']} | "
+            f"{r['setup_diffusers_over_diffrt']} | {r['diffrt_ms_per_step']} | {r['diffusers_ms_per_step']} | "
+            f"{r['step_diffusers_over_diffrt']} |"
         )
-    print(f"\nmedian ratio diffusers / diffrt: {report['ratios']['median_diffusers_over_diffrt']}  ({args.out})")
+    ratios = report["ratios"]
+    print(
+        f"\nmedian ratio diffusers / diffrt: setup {ratios['median_setup_diffusers_over_diffrt']}, "
+        f"step {ratios['median_step_diffusers_over_diffrt']}  ({args.out})"
+    )
 
 
 if __name__ == "__main__":

@@ -95,13 +95,15 @@ class Scheduler:
     # ----- construction from a diffusers config -------------------------------------------------------------
     @classmethod
     def config_fields(cls) -> dict[str, Any]:
-        """The config fields this scheduler honours, with their defaults."""
-        params = inspect.signature(cls.__init__).parameters
-        return {
-            n: p.default
-            for n, p in params.items()
-            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
+        """The config fields this scheduler honours, with their defaults (read once from ``__init__``)."""
+        if "_config_fields" not in cls.__dict__:
+            params = inspect.signature(cls.__init__).parameters
+            cls._config_fields = {
+                n: p.default
+                for n, p in params.items()
+                if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            }
+        return dict(cls._config_fields)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> Scheduler:
@@ -114,8 +116,7 @@ class Scheduler:
             config = load_config(config)
         merged = {**config, **overrides}
         fields = cls.config_fields()
-        known_elsewhere = set().union(*(s.config_fields() for s in SCHEDULERS.values()))
-        unknown = sorted(k for k in merged if k not in fields and not k.startswith("_") and k not in known_elsewhere)
+        unknown = sorted(k for k in merged if k not in fields and not k.startswith("_") and k not in _known_fields())
         if unknown:
             logger.warning(
                 "%s ignores unknown scheduler config fields %s (not used by any diffrt scheduler).",
@@ -241,6 +242,16 @@ class Scheduler:
 
     def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray, generator=None) -> SchedulerOutput:
         raise NotImplementedError  # pragma: no cover - abstract
+
+
+@functools.cache
+def _known_fields_of(*classes: type[Scheduler]) -> frozenset[str]:
+    return frozenset().union(*(c.config_fields() for c in classes))
+
+
+def _known_fields() -> frozenset[str]:
+    """Every config field some registered scheduler uses (configs are shared between compatible schedulers)."""
+    return _known_fields_of(*SCHEDULERS.values())
 
 
 def _recording_config(init):
