@@ -226,6 +226,14 @@ class Scheduler:
         if self.num_inference_steps is None:
             raise ConfigError(f"{type(self).__name__}.step was called before set_timesteps(num_inference_steps).")
 
+    def _start_step(self, timestep) -> int:
+        """Index of the step at ``timestep``: refuses a step before ``set_timesteps`` or past the schedule's end."""
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        self._check_step_in_range()
+        return self._step_index
+
     def _check_step_in_range(self) -> None:
         """A schedule whose first timestep repeats (truncated beta / exponential sigmas) starts at the second copy,
         as diffusers does, and so runs out one step early; say so instead of failing on an index."""

@@ -112,11 +112,8 @@ class DEISMultistepScheduler(ExponentialIntegratorScheduler):
 
     def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray, generator=None) -> SchedulerOutput:
         """One multistep DEIS step, warming up from first order and, below 15 steps, cooling down to it."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         i, cfg, n = self._step_index, self.config, len(self.timesteps)
-        self._check_step_in_range()
         sample = sample.astype(np.float32, copy=False)
         x0 = self.data_prediction(model_output.astype(np.float32, copy=False), sample)
         alpha_t, sigma_t = self.alpha_sigma(self.sigmas[i])

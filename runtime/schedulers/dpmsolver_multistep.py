@@ -174,11 +174,8 @@ class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
         variance_noise: np.ndarray | None = None,
     ) -> SchedulerOutput:
         """One multistep update from sigmas[i] to sigmas[i + 1], of the highest order the history allows."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         cfg, i, n = self.config, self._step_index, len(self.timesteps)
-        self._check_step_in_range()
         short = cfg.lower_order_final and n < 15  # few steps: higher orders are unstable at the end
         first_order_final = i == n - 1 and (cfg.euler_at_final or short or cfg.final_sigmas_type == "zero")
         second_order_final = i == n - 2 and short

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import SchedulerOutput, randn
-from .dpmsolver_multistep import dpm_coefficients, remap_solver_names
+from .dpmsolver_multistep import DPMSolverMultistepScheduler, dpm_coefficients, remap_solver_names
 from .exponential_integrator import ExponentialIntegratorScheduler
 
 logger = logging.getLogger("diffrt.schedulers")
@@ -112,11 +112,7 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         self._reset_history()
         self.sample = None
 
-    def convert_model_output(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
-        """x0 for DPM-Solver++ variants, eps for DPM-Solver."""
-        if self.config.algorithm_type.endswith("++"):
-            return self.data_prediction(model_output, sample)
-        return self.noise_prediction(model_output, sample)
+    convert_model_output = DPMSolverMultistepScheduler.convert_model_output  # x0 for "++" algorithms, else eps
 
     def step(
         self,
@@ -126,10 +122,7 @@ class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
         generator: np.random.Generator | int | None = None,
     ) -> SchedulerOutput:
         """One step of the current group: of order ``order_list[i]``, lowered while the history is too short."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        self._check_step_in_range()
+        self._start_step(timestep)
         self._push_model_output(self.convert_model_output(model_output, sample))
         noise = None
         if self.config.algorithm_type == "sde-dpmsolver++":

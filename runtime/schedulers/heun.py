@@ -66,9 +66,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         """Predictor: x' = x + d(x, sigma_i) dt, remembering x, d and dt.
         Corrector: x + (d + d(x', sigma_{i+1})) / 2 dt.
         ``generator`` is unused (deterministic sampler); accepted so every scheduler steps alike."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         sample = sample.astype(np.float32, copy=False)
         first = self.state_in_first_order
         i = self._step_index if first else self._step_index - 1

@@ -72,9 +72,7 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
 
     def scale_model_input(self, sample: np.ndarray, timestep: float) -> np.ndarray:
         """Divide by sqrt(sigma^2 + 1) at the sigma the model is evaluated at (sigma_i, then sigma_mid)."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         sigma, sigma_mid, _, _ = self._stage_sigmas()
         sigma = sigma if self.state_in_first_order else sigma_mid
         return sample / ((sigma**2 + 1) ** 0.5)
@@ -88,9 +86,7 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
     ) -> SchedulerOutput:
         """Stage 1: x_mid = x + d(x, sigma_i) (sigma_mid - sigma_i), remembering x.
         Stage 2: x_next = x + d(x_mid, sigma_mid) (sigma_next - sigma_i) [+ sigma_up * noise when ancestral]."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         sample = sample.astype(np.float32, copy=False)
         sigma, sigma_mid, sigma_next, sigma_up = self._stage_sigmas()
         if self.state_in_first_order:

@@ -135,12 +135,6 @@ class LCMScheduler(AlphaBarScheduler):
     def _prev_alpha_prod(self, prev_timestep: int) -> np.float32:
         return self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
 
-    def _start_step(self, timestep) -> int:
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        return self._step_index
-
     def step(
         self,
         model_output: np.ndarray,

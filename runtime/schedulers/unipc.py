@@ -193,11 +193,8 @@ class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
 
     def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray, generator=None) -> SchedulerOutput:
         """Correct the sample just reached with UniC, then predict the next one with UniP."""
-        self._require_timesteps()
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         i, cfg = self._step_index, self.config
-        self._check_step_in_range()
         sample = sample.astype(np.float32, copy=False)
         with np.errstate(divide="ignore", invalid="ignore"):  # a final sigma of 0 makes lambda infinite
             converted = self._convert(model_output.astype(np.float32, copy=False), sample)
