@@ -15,6 +15,10 @@ class PackageError(DiffrtError, FileNotFoundError):
     """A model or engine package folder that lacks a file diffrt needs, or holds one it cannot read."""
 
 
+class CheckpointError(DiffrtError, ValueError):
+    """A checkpoint file or folder (weights, config, LoRA) that diffrt refuses or cannot read."""
+
+
 def check_choice(field: str, value: object, accepted: tuple, owner: str = "") -> None:
     """Raise ConfigError unless ``value`` is one of ``accepted``."""
     if value not in accepted:
