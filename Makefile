@@ -4,16 +4,21 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-dev
+EXPORT_STAMP := $(VENV)/.installed-export
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the CPU build this machine serves.
 TORCH  := torch==2.13.0
 # Test workers: two suit the 2-core machines CI runs on.
 JOBS   ?= 2
+# make engines [MODEL=folder-or-file] [OUT=folder] [EXPORT_ARGS="--static 512x512 ..."]
+MODEL  ?=
+OUT    ?= engines/default
+EXPORT_ARGS ?=
 
 .PHONY: help install test test-fast engines demo bench lint clean
 
 help:
 	@echo "make test     create .venv if missing, install diffrt[dev] (torch pinned), run the test suite"
-	@echo "make engines  build the default engine package (needs the export stage)"
+	@echo "make engines  export MODEL (default: a tiny deterministic SD model) to the package OUT (engines/default)"
 	@echo "make demo     generate an image with the default package (needs the export stage)"
 	@echo "make lint     ruff over the sources"
 	@echo "make clean    remove the virtual environment and caches"
@@ -26,16 +31,30 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
+# The export stage alone (torch, transformers, onnx, onnxruntime), without the test oracle.
+$(EXPORT_STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e ".[export,cpu]" $(TORCH)
+	$(PIP) install --quiet --no-deps open-clip-torch==3.3.0
+	touch $(EXPORT_STAMP)
+
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) -q
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -q
 
-engines: $(STAMP)
-	@echo "make engines: the export stage (ONNX engine packages) is not built yet; see issue 'Export stage'." >&2
-	@exit 1
+engines: $(EXPORT_STAMP)
+ifeq ($(MODEL),)
+	$(PY) -m diffrt.export.tiny build/default-model
+	$(PY) -m diffrt export build/default-model $(OUT) --force $(EXPORT_ARGS)
+else
+	$(PY) -m diffrt export "$(MODEL)" $(OUT) $(EXPORT_ARGS)
+endif
 
 demo: engines
+	@echo "make demo: the package is built in $(OUT); generating from it arrives with the runtime pipelines." >&2
+	@exit 1
 
 bench: $(STAMP)
 	@echo "make bench: the benchmarks arrive with the export stage and pipelines." >&2

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Folders of tiny random-weight pipelines saved by diffusers: sd1, sd2, inpaint, ddpm."""
+    """Folders of tiny random-weight pipelines saved by diffusers: sd1, sd2, inpaint, depth, ddpm."""
     from fixtures import tiny_models as tm
 
     root = tmp_path_factory.mktemp("tiny_models")
@@ -18,6 +18,7 @@ def tiny_models(tmp_path_factory):
         "sd1": tm.build_sd1(root),
         "sd2": tm.build_sd2(root),
         "inpaint": tm.build_inpaint(root),
+        "depth": tm.build_depth(root),
         "ddpm": tm.build_ddpm(root),
     }
 

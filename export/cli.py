@@ -1,0 +1,75 @@
+"""``diffrt export``: a diffusers folder or single-file checkpoint -> an ONNX engine package.
+
+Arguments are declared here without importing torch, so ``diffrt --help`` stays light; the work is imported
+when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write HEIGHTxWIDTH, e.g. 512x512")
+    return int(match.group(1)), int(match.group(2))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a diffusers pipeline folder, or a single checkpoint file (.safetensors)")
+    p.add_argument("out", help="the engine package folder to write")
+    p.add_argument("--config", metavar="DIR", help="diffusers folder whose configs describe a single-file checkpoint")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read .ckpt/.bin/.pt files (restricted to tensors with torch.load(weights_only=True))",
+    )
+    p.add_argument("--variant", metavar="NAME", help='weights variant of a diffusers folder, e.g. "fp16"')
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--static", type=parse_size, metavar="HxW", help="fix the image size in the graphs (pixels)")
+    p.add_argument("--batch", type=int, default=4, help="most images per call the package is built for (default 4)")
+    p.add_argument("--no-check", action="store_true", help="skip comparing each graph with its torch module")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+
+    def progress(name: str, message: str) -> None:
+        print(f"  {name:<16} {message}", file=sys.stderr, flush=True)
+
+    print(f"reading {args.source}", file=sys.stderr, flush=True)
+    from .package import ExportOptions, export_package
+    from .source import load_source
+
+    options = ExportOptions(
+        opset=args.opset, static=args.static, batch=args.batch, check=not args.no_check, force=args.force
+    )
+    source = load_source(args.source, config_dir=args.config, allow_pickle=args.allow_pickle, variant=args.variant)
+    for note in source.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    print(f"exporting {source.pipeline_class} to {args.out}", file=sys.stderr, flush=True)
+    report = export_package(source, args.out, options, progress=progress)
+    print(f"{'network':<16} {'size':>10} {'max rel err':>12} {'max abs err':>12} {'time':>8}")
+    for g in report.graphs:
+        rel = f"{g.max_rel_error:.1e}" if g.checked else "-"
+        err = f"{g.max_abs_error:.1e}" if g.checked else "-"
+        print(f"{g.name:<16} {_human(g.bytes):>10} {rel:>12} {err:>12} {g.seconds:>7.1f}s")
+    total = sum(g.bytes for g in report.graphs)
+    print(
+        f"wrote {report.path} ({report.pipeline}, {len(report.graphs)} graphs, {_human(total)}) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0

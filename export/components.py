@@ -1,0 +1,160 @@
+"""Torch modules for each network of a package, built from a source component and wrapped to its contract.
+
+UNets and the VAE are diffrt's own definitions (:mod:`diffrt.export.models`); text encoders and the DPT depth
+estimator are transformers' classes. Each builder returns ``(network, graph_module)`` pairs: the graph module
+takes the network's inputs in order and returns its outputs in order, ready for :func:`export_graph`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diffrt.runtime import networks
+from diffrt.runtime.errors import CheckpointError
+from diffrt.runtime.networks import Network
+
+from .onnx_export import GraphModule
+from .source import Component, Source
+
+
+def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> torch.nn.Module:
+    """Load float32 weights by exact name; a mismatch names a few missing and unexpected keys."""
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    result = module.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{where}: weights do not fit the config ({len(result.missing_keys)} missing, e.g. "
+            f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:3]})."
+        )
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:  # shapes
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise CheckpointError(f"{where}: weights do not fit the config: {first}") from None
+    return module.eval()
+
+
+def build_unet(component: Component, scale_factor: int) -> tuple[Network, torch.nn.Module]:
+    from .models import UNet2DConditionModel, UNet2DModel
+
+    config = component.config
+    if component.class_name == "UNet2DModel":
+        model = load_strict(UNet2DModel(**config), component.load_weights(), "unet")
+        network = networks.unconditional_unet_network(config)
+        return network, GraphModule(model, network, _call_unconditional)
+    model = load_strict(UNet2DConditionModel(**config), component.load_weights(), "unet")
+    network = networks.unet_network(config, scale_factor)
+    return network, GraphModule(model, network, _call_conditional)
+
+
+def _call_conditional(model, sample, timestep, encoder_hidden_states, timestep_cond=None, class_labels=None):
+    return (model(sample, timestep, encoder_hidden_states, class_labels=class_labels, timestep_cond=timestep_cond),)
+
+
+def _call_unconditional(model, sample, timestep, class_labels=None):
+    return (model(sample, timestep, class_labels=class_labels),)
+
+
+def build_vae(component: Component, scale_factor: int) -> list[tuple[Network, torch.nn.Module]]:
+    from .models import AutoencoderKL
+
+    model = load_strict(AutoencoderKL(**component.config), component.load_weights(), "vae")
+    encoder = networks.vae_encoder_network(component.config, scale_factor)
+    decoder = networks.vae_decoder_network(component.config, scale_factor)
+    return [
+        (encoder, GraphModule(model, encoder, lambda m, sample: (m.encode(sample),))),
+        (decoder, GraphModule(model, decoder, lambda m, latent_sample: (m.decode(latent_sample),))),
+    ]
+
+
+TEXT_ENCODER_PREFIX = "text_model."
+
+
+def build_text_encoder(component: Component) -> tuple[Network, torch.nn.Module]:
+    """A transformers CLIP text encoder; checkpoints from transformers 4 (``text_model.`` names) load too."""
+    import transformers
+
+    projection = component.class_name == "CLIPTextModelWithProjection"
+    config = transformers.CLIPTextConfig.from_dict(component.config)
+    config._attn_implementation = "eager"  # explicit softmax(QK^T)V traces to plain ONNX ops
+    model_class = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+    model = model_class(config)
+    state_dict = _match_prefix(component.load_weights(), model.state_dict().keys())
+    state_dict.pop("embeddings.position_ids", None)
+    state_dict.pop("text_model.embeddings.position_ids", None)
+    load_strict(model, state_dict, "text_encoder")
+    network = networks.text_encoder_network(component.config, name=component.name, projection=projection)
+    return network, GraphModule(model, network, _clip_outputs(model, projection))
+
+
+def _match_prefix(state_dict: dict[str, Any], expected) -> dict[str, Any]:
+    """Add or strip ``text_model.`` so checkpoint names match the model's (transformers 4 and 5 differ)."""
+    expected = set(expected)
+    has = any(k.startswith(TEXT_ENCODER_PREFIX) for k in state_dict)
+    wants = any(k.startswith(TEXT_ENCODER_PREFIX) for k in expected)
+    if has and not wants:
+        return {k.removeprefix(TEXT_ENCODER_PREFIX): v for k, v in state_dict.items()}
+    if wants and not has:
+        return {(k if k in expected else TEXT_ENCODER_PREFIX + k): v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _final_layer_norm(model) -> torch.nn.Module:
+    inner = getattr(model, "text_model", model)
+    return inner.final_layer_norm
+
+
+def _clip_outputs(model, projection: bool):
+    norm = _final_layer_norm(model)
+
+    def call(m, input_ids):
+        out = m(input_ids=input_ids, output_hidden_states=True)
+        hidden = out.hidden_states
+        pooled = out.text_embeds if projection else out.pooler_output
+        skips = [norm(hidden[-(k + 1)]) for k in range(1, len(hidden) - 1)]
+        return (out.last_hidden_state, pooled, *skips)
+
+    return call
+
+
+def build_depth_estimator(component: Component, preprocessor: dict[str, Any]) -> tuple[Network, torch.nn.Module]:
+    import transformers
+
+    config = transformers.DPTConfig.from_dict(component.config)
+    config._attn_implementation = "eager"
+    model = load_strict(transformers.DPTForDepthEstimation(config), component.load_weights(), "depth_estimator")
+    network = networks.depth_estimator_network(depth_input_size(preprocessor))
+    return network, GraphModule(model, network, lambda m, pixel_values: (m(pixel_values=pixel_values).predicted_depth,))
+
+
+def depth_input_size(preprocessor: dict[str, Any]) -> tuple[int, int]:
+    """The (height, width) a DPT image processor resizes to."""
+    size = preprocessor.get("size", 384)
+    if isinstance(size, int):
+        return size, size
+    if "height" in size:
+        return int(size["height"]), int(size["width"])
+    edge = int(size.get("shortest_edge", 384))
+    return edge, edge
+
+
+def build_networks(source: Source) -> list[tuple[str, Any]]:
+    """(network name, builder) pairs in export order; each builder returns [(Network, module), ...]."""
+    comps = source.components
+    scale = networks.vae_scale_factor(comps["vae"].config) if "vae" in comps else 1
+    plan: list[tuple[str, Any]] = []
+    if "text_encoder" in comps:
+        plan.append(("text_encoder", lambda: [build_text_encoder(comps["text_encoder"])]))
+    plan.append(("unet", lambda: [build_unet(comps["unet"], scale)]))
+    if "vae" in comps:
+        plan.append(("vae", lambda: build_vae(comps["vae"], scale)))
+    if "depth_estimator" in comps:
+        plan.append(
+            (
+                "depth_estimator",
+                lambda: [build_depth_estimator(comps["depth_estimator"], source.preprocessor_config or {})],
+            )
+        )
+    return plan

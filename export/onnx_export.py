@@ -1,0 +1,148 @@
+"""Trace one torch module to ONNX under its network's shape contract, then check the graph against the module.
+
+The module must take the network's inputs positionally, in the contract's order, and return its outputs in the
+contract's order (:class:`GraphModule` adapts a model to that). Graphs whose weights pass the protobuf limit are
+saved with their tensors in one ``model.onnx.data`` file beside ``model.onnx``, as Optimum writes them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffrt.runtime.networks import Network
+
+DEFAULT_OPSET = 17
+# protobuf refuses messages of 2 GiB; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+EXTERNAL_DATA_FILE = "model.onnx.data"
+
+
+class GraphModule(torch.nn.Module):
+    """Calls ``fn(**inputs)`` with the contract's inputs by name and returns its outputs as a tuple."""
+
+    def __init__(self, model: torch.nn.Module, network: Network, fn: Callable[..., Sequence[torch.Tensor]]):
+        super().__init__()
+        self.model = model
+        self.input_names = network.input_names
+        self.fn = fn
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.fn(self.model, **dict(zip(self.input_names, args, strict=True))))
+
+
+@dataclass
+class GraphReport:
+    """What exporting one network produced."""
+
+    name: str
+    path: Path
+    bytes: int
+    seconds: float
+    external_data: bool
+    max_abs_error: float = float("nan")
+    max_rel_error: float = float("nan")
+    checked: tuple[tuple[int, int, int], ...] = ()
+
+
+def export_graph(
+    module: torch.nn.Module,
+    network: Network,
+    folder: Path,
+    trace_size: tuple[int, int, int],
+    opset: int = DEFAULT_OPSET,
+    static_size: bool = False,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+) -> GraphReport:
+    """Export ``module`` to ``folder/model.onnx``, tracing at ``trace_size`` = (batch, height, width)."""
+    import onnx
+
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    feeds = network.sample_feeds(*trace_size)
+    args = tuple(torch.from_numpy(feeds[n]) for n in network.input_names)
+    with tempfile.TemporaryDirectory(prefix="diffrt-trace-") as scratch:
+        traced = Path(scratch) / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values are expected and reviewed
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(traced),
+                input_names=network.input_names,
+                output_names=network.output_names,
+                dynamic_axes=network.dynamic_axes(static_size=static_size),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        model = onnx.load(str(traced), load_external_data=True)
+        weight_bytes = sum(_tensor_bytes(t) for t in model.graph.initializer)
+        external = weight_bytes > external_data_threshold
+        target = folder / "model.onnx"
+        if external:
+            onnx.save_model(
+                model,
+                str(target),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=EXTERNAL_DATA_FILE,
+                size_threshold=1024,
+            )
+        else:
+            onnx.save_model(model, str(target))
+    onnx.checker.check_model(str(target))
+    size = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    return GraphReport(network.name, target, size, time.perf_counter() - start, external)
+
+
+def _tensor_bytes(tensor) -> int:
+    from onnx import external_data_helper, helper
+
+    if external_data_helper.uses_external_data(tensor):
+        info = {e.key: e.value for e in tensor.external_data}
+        return int(info.get("length", 0))
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    n = int(np.prod(tensor.dims)) if tensor.dims else 1
+    return n * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+
+
+def check_graph(
+    path: Path,
+    module: torch.nn.Module,
+    network: Network,
+    sizes: Sequence[tuple[int, int, int]],
+    seed: int = 1,
+) -> tuple[float, float]:
+    """Run the ONNX graph (ORT CPU) and the module on the same random inputs at each (batch, height, width).
+
+    Returns the worst absolute error and the worst relative error (``max|a - b| / max|b|`` per output).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    worst_abs = worst_rel = 0.0
+    for i, size in enumerate(sizes):
+        feeds = network.sample_feeds(*size, seed=seed + i)
+        got = session.run(network.output_names, feeds)
+        with torch.no_grad():
+            want = module(*(torch.from_numpy(feeds[n]) for n in network.input_names))
+        for name, g, w in zip(network.output_names, got, want, strict=True):
+            w = w.float().numpy()
+            if g.shape != w.shape:
+                raise AssertionError(f"{network.name}.{name}: ONNX shape {g.shape} != torch shape {w.shape} at {size}")
+            err = float(np.max(np.abs(g.astype(np.float64) - w))) if g.size else 0.0
+            scale = float(np.max(np.abs(w))) if w.size else 0.0
+            worst_abs = max(worst_abs, err)
+            worst_rel = max(worst_rel, err / scale if scale > 0 else err)
+    return worst_abs, worst_rel

@@ -1,0 +1,241 @@
+"""Write an engine package: ONNX graphs, configs, tokenizer, scheduler and provenance, all or nothing.
+
+Everything goes to a hidden temporary folder beside ``out``, which is renamed to ``out`` only once every graph
+is exported and checked; a failure removes it, so no package that looks complete is ever left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffrt import __version__
+from diffrt.runtime.errors import CheckpointError, ConfigError
+from diffrt.runtime.networks import ShapeRange, vae_scale_factor
+
+from . import weights
+from .onnx_export import DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, GraphReport, check_graph, export_graph
+from .source import Source
+
+PACKAGE_FORMAT = 1
+ONNX_COMPONENT = ["diffusers", "OnnxRuntimeModel"]
+
+
+@dataclass
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    static: tuple[int, int] | None = None
+    """Fix height x width in the graphs (pixels)."""
+    batch: int = 4
+    """Most images per call the package is built for (its shape range's max batch)."""
+    check: bool = True
+    """Compare each graph with its torch module on random inputs after export."""
+    force: bool = False
+    """Replace an existing ``out`` folder."""
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ConfigError(f"batch={self.batch} must be at least 1.")
+        if not 14 <= self.opset <= 20:
+            raise ConfigError(f"opset={self.opset} is not supported; accepted opsets are 14 to 20 (default 17).")
+
+
+@dataclass
+class PackageReport:
+    path: Path
+    pipeline: str
+    graphs: list[GraphReport] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, str], None]
+
+
+def default_size(source: Source) -> tuple[int, int]:
+    """The pixel size the model was trained at: UNet ``sample_size`` times the VAE scale factor."""
+    unet = source.components["unet"].config
+    factor = vae_scale_factor(source.components["vae"].config) if "vae" in source.components else 1
+    size = unet.get("sample_size", 64)
+    h, w = (size, size) if isinstance(size, int) else size
+    return h * factor, w * factor
+
+
+def shape_range_for(source: Source, options: ExportOptions) -> ShapeRange:
+    if options.static is not None:
+        h, w = options.static
+        factor = _size_multiple(source)
+        if h % factor or w % factor or h <= 0 or w <= 0:
+            raise ConfigError(f"--static {h}x{w}: height and width must be positive multiples of {factor}.")
+        return ShapeRange.around(h, w, batch=options.batch, static=True)
+    h, w = default_size(source)
+    return ShapeRange.around(h, w, batch=options.batch)
+
+
+def _size_multiple(source: Source) -> int:
+    """Sizes must pass the VAE and every UNet downsampling evenly."""
+    unet = source.components["unet"].config
+    factor = vae_scale_factor(source.components["vae"].config) if "vae" in source.components else 1
+    return factor * 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
+
+
+def export_package(
+    source: Source, out: str | Path, options: ExportOptions | None = None, progress: Progress | None = None
+) -> PackageReport:
+    """Export every network of ``source`` into the engine package folder ``out``."""
+    from .components import build_networks
+
+    options = options or ExportOptions()
+    progress = progress or (lambda name, message: None)
+    out = Path(out)
+    if out.exists() and not options.force and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out} already exists; choose a new folder or pass --force to replace it.")
+    shape_range = shape_range_for(source, options)
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    report = PackageReport(out, source.pipeline_class, notes=list(source.notes))
+    try:
+        for group, build in build_networks(source):
+            progress(group, "loading weights")
+            pairs = build()
+            for network, module in pairs:
+                progress(network.name, "exporting")
+                graph = _export_one(module, network, staging, shape_range, options)
+                progress(network.name, f"done in {graph.seconds:.1f} s")
+                report.graphs.append(graph)
+            del pairs
+        _write_support_files(source, staging, shape_range, options, report)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report.seconds = time.perf_counter() - start
+    for graph in report.graphs:
+        graph.path = out / graph.path.relative_to(staging)
+    return report
+
+
+def _export_one(module, network, staging: Path, shape_range: ShapeRange, options: ExportOptions) -> GraphReport:
+    m = network.batch_multiplier
+    opt = (shape_range.batch[1] * m, shape_range.height[1], shape_range.width[1])
+    # Trace at batch 2 or more: a batch of 1 lets the tracer fold broadcasts that a larger batch needs.
+    trace = (max(2, opt[0]), opt[1], opt[2])
+    folder = staging / network.name
+    graph = export_graph(
+        module,
+        network,
+        folder,
+        trace,
+        opset=options.opset,
+        static_size=shape_range.static_size,
+        external_data_threshold=options.external_data_threshold,
+    )
+    if options.check:
+        sizes = [(1, shape_range.height[1], shape_range.width[1])]
+        if not shape_range.static_size and not network.fixed_dims:
+            sizes.append((2, shape_range.height[0], shape_range.width[2]))
+        graph.max_abs_error, graph.max_rel_error = check_graph(graph.path, module, network, sizes)
+        graph.checked = tuple(sizes)
+    return graph
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _write_support_files(
+    source: Source, staging: Path, shape_range: ShapeRange, options: ExportOptions, report: PackageReport
+) -> None:
+    comps = source.components
+    index: dict[str, Any] = {"_class_name": source.pipeline_class, "_diffrt_version": __version__}
+    if "text_encoder" in comps:
+        _write_json(staging / "text_encoder" / "config.json", comps["text_encoder"].config)
+        index["text_encoder"] = ONNX_COMPONENT
+        _write_tokenizer(source, staging / "tokenizer")
+        index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+    _write_json(staging / "unet" / "config.json", comps["unet"].config)
+    index["unet"] = ONNX_COMPONENT
+    if "vae" in comps:
+        for part in ("vae_encoder", "vae_decoder"):
+            _write_json(staging / part / "config.json", comps["vae"].config)
+            index[part] = ONNX_COMPONENT
+    if "depth_estimator" in comps:
+        _write_json(staging / "depth_estimator" / "config.json", comps["depth_estimator"].config)
+        _write_json(staging / "depth_estimator" / "preprocessor_config.json", source.preprocessor_config or {})
+        index["depth_estimator"] = ONNX_COMPONENT
+    scheduler_class = source.scheduler_config.get("_class_name", "PNDMScheduler")
+    _write_json(staging / "scheduler" / "scheduler_config.json", source.scheduler_config)
+    index["scheduler"] = ["diffusers", scheduler_class]
+    _write_json(staging / "model_index.json", index)
+    _write_json(staging / "diffrt.json", _provenance(source, shape_range, options, report))
+
+
+def _write_tokenizer(source: Source, folder: Path) -> None:
+    if source.tokenizer_files:
+        folder.mkdir(parents=True)
+        for name, path in source.tokenizer_files.items():
+            shutil.copyfile(path, folder / name)
+        return
+    from .clip_vocab import write_clip_tokenizer
+
+    write_clip_tokenizer(folder, pad_token=source.tokenizer_pad_token)
+
+
+def _provenance(source: Source, shape_range: ShapeRange, options: ExportOptions, report: PackageReport) -> dict:
+    import onnx
+    import torch
+
+    root = source.path if source.path.is_dir() else source.path.parent
+    files = {}
+    for path in source.files:
+        try:
+            key = str(path.relative_to(root))
+        except ValueError:
+            key = str(path)
+        files[key] = weights.file_sha256(path)
+    return {
+        "format": PACKAGE_FORMAT,
+        "diffrt_version": __version__,
+        "pipeline": source.pipeline_class,
+        "source": {"path": str(source.path), "kind": source.kind, "sha256": files},
+        "notes": report.notes,
+        "loras": [],
+        "export": {
+            "opset": options.opset,
+            "static": list(options.static) if options.static else None,
+            "batch": options.batch,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "python": platform.python_version(),
+        },
+        "shape_range": shape_range.to_json(),
+        "networks": {
+            g.name: {
+                "file": str(g.path.relative_to(g.path.parent.parent)),
+                "bytes": g.bytes,
+                "external_data": g.external_data,
+                "export_seconds": round(g.seconds, 3),
+                "check": {
+                    "sizes": [list(s) for s in g.checked],
+                    "max_abs_error": g.max_abs_error,
+                    "max_rel_error": g.max_rel_error,
+                }
+                if g.checked
+                else None,
+            }
+            for g in report.graphs
+        },
+    }

@@ -1,0 +1,204 @@
+"""What the user downloaded, read into components: a diffusers folder or a single-file LDM checkpoint.
+
+A :class:`Source` holds each network's diffusers config and a loader for its weights (diffusers names), the
+scheduler config, the tokenizer files and the provenance (files and their hashes). Weights are loaded only when a
+component is exported, one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffrt.runtime.errors import CheckpointError
+
+from . import weights
+
+# Pipelines the export stage builds packages for, and the networks each needs.
+PIPELINES: dict[str, tuple[str, ...]] = {
+    "StableDiffusionPipeline": ("text_encoder", "unet", "vae"),
+    "StableDiffusionImg2ImgPipeline": ("text_encoder", "unet", "vae"),
+    "StableDiffusionInpaintPipeline": ("text_encoder", "unet", "vae"),
+    "StableDiffusionDepth2ImgPipeline": ("text_encoder", "unet", "vae", "depth_estimator"),
+    "DDPMPipeline": ("unet",),
+}
+# Components a package leaves out on purpose (the runtime has no safety checker; say so rather than fail).
+SKIPPED = ("safety_checker", "feature_extractor", "image_encoder")
+MODEL_CLASSES = {
+    "unet": ("UNet2DConditionModel", "UNet2DModel"),
+    "vae": ("AutoencoderKL",),
+    "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+    "depth_estimator": ("DPTForDepthEstimation",),
+}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class Component:
+    """One network of the source: its class, its diffusers / transformers config, and how to get its weights."""
+
+    name: str
+    class_name: str
+    config: dict[str, Any]
+    load_weights: Callable[[], dict[str, Any]]
+
+
+@dataclass
+class Source:
+    path: Path
+    kind: str  # "folder" or "single_file"
+    pipeline_class: str
+    components: dict[str, Component]
+    scheduler_config: dict[str, Any]
+    tokenizer_files: dict[str, Path] = field(default_factory=dict)
+    tokenizer_pad_token: str = "<|endoftext|>"
+    preprocessor_config: dict[str, Any] | None = None
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_source(
+    path: str | Path,
+    config_dir: str | Path | None = None,
+    allow_pickle: bool = False,
+    variant: str | None = None,
+) -> Source:
+    """Read ``path`` (a diffusers folder or a single checkpoint file) into a :class:`Source`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; give a diffusers folder or a single checkpoint file.")
+    if path.is_dir():
+        if config_dir is not None:
+            raise CheckpointError(f"--config applies to single-file checkpoints; {path} is a folder with its own.")
+        return _load_folder(path, allow_pickle, variant)
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise CheckpointError(
+            f"{path} is neither a diffusers folder nor a checkpoint file; accepted files end in "
+            f"{', '.join(SINGLE_FILE_SUFFIXES)}."
+        )
+    return _load_single_file(path, config_dir, allow_pickle)
+
+
+def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise CheckpointError(f"{root} has no model_index.json, so it is not a diffusers pipeline folder.")
+    index = weights.read_json(index_path)
+    pipeline = index.get("_class_name")
+    if pipeline not in PIPELINES:
+        raise CheckpointError(f"{index_path} names pipeline {pipeline!r}; diffrt exports {', '.join(PIPELINES)}.")
+    components: dict[str, Component] = {}
+    files: list[Path] = [index_path]
+    for name in PIPELINES[pipeline]:
+        entry = index.get(name)
+        if not entry or entry[1] is None:
+            raise CheckpointError(f"{index_path} lists no {name}, which a {pipeline} needs.")
+        class_name = entry[1]
+        if class_name not in MODEL_CLASSES[name]:
+            raise CheckpointError(
+                f"{index_path}: {name} is a {class_name}; diffrt exports {' or '.join(MODEL_CLASSES[name])}."
+            )
+        folder = root / name
+        config = weights.read_json(folder / "config.json")
+        components[name] = Component(name, class_name, config, _folder_loader(folder, variant, allow_pickle))
+        files.append(folder / "config.json")
+        files.extend(weights.component_weight_files(folder, variant=variant, allow_pickle=allow_pickle))
+    scheduler_config = weights.read_json(root / "scheduler" / "scheduler_config.json")
+    files.append(root / "scheduler" / "scheduler_config.json")
+    notes = [f"{name} not exported: the runtime does not use it" for name in SKIPPED if index.get(name, [None])[0]]
+    source = Source(root, "folder", pipeline, components, scheduler_config, files=files, notes=notes)
+    if "text_encoder" in components:
+        source.tokenizer_files = _tokenizer_files(root / "tokenizer")
+        files.extend(source.tokenizer_files.values())
+    if "depth_estimator" in components:
+        preprocessor = root / "feature_extractor" / "preprocessor_config.json"
+        source.preprocessor_config = weights.read_json(preprocessor)
+        files.append(preprocessor)
+    return source
+
+
+def _folder_loader(folder: Path, variant: str | None, allow_pickle: bool) -> Callable[[], dict[str, Any]]:
+    return lambda: weights.load_component_weights(folder, variant=variant, allow_pickle=allow_pickle)
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def _tokenizer_files(folder: Path) -> dict[str, Path]:
+    found = {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+    if "tokenizer.json" not in found and not {"vocab.json", "merges.txt"} <= found.keys():
+        raise CheckpointError(
+            f"{folder} holds no CLIP tokenizer; expected tokenizer.json or vocab.json with merges.txt."
+        )
+    return found
+
+
+def _load_single_file(path: Path, config_dir: str | Path | None, allow_pickle: bool) -> Source:
+    from . import single_file
+
+    configs = None
+    tokenizer_files: dict[str, Path] = {}
+    files = [path]
+    if config_dir is not None:
+        config_dir = Path(config_dir)
+        configs = read_config_dir(config_dir)
+        if (config_dir / "tokenizer").is_dir():
+            tokenizer_files = _tokenizer_files(config_dir / "tokenizer")
+        files.extend(p for p in sorted(config_dir.rglob("*.json")) if p.is_file())
+    state_dict = weights.load_weights_file(path, allow_pickle=allow_pickle)
+    model = single_file.convert_single_file(state_dict, configs=configs)
+    del state_dict
+    pipeline = model.configs["model_index"]["_class_name"]
+    if pipeline not in PIPELINES:
+        raise CheckpointError(f"{path}: pipeline {pipeline!r} is not one diffrt exports ({', '.join(PIPELINES)}).")
+    components = {}
+    for name in PIPELINES[pipeline]:
+        class_name = model.configs["model_index"].get(name, [None, MODEL_CLASSES[name][0]])[1]
+        sd = model.state_dicts[name]
+        components[name] = Component(name, class_name, model.configs[name], lambda sd=sd: sd)
+    return Source(
+        path,
+        "single_file",
+        pipeline,
+        components,
+        model.configs["scheduler"],
+        tokenizer_files=tokenizer_files,
+        tokenizer_pad_token=model.configs.get("tokenizer_pad_token", "<|endoftext|>"),
+        files=files,
+        notes=[f"detected layout: {model.family}", *model.notes],
+    )
+
+
+def read_config_dir(folder: Path) -> dict[str, Any]:
+    """Configs of a diffusers folder, in the form :func:`single_file.convert_single_file` takes."""
+    if not (folder / "model_index.json").is_file():
+        raise CheckpointError(f"--config {folder} has no model_index.json; give a diffusers pipeline folder.")
+    configs: dict[str, Any] = {"model_index": weights.read_json(folder / "model_index.json")}
+    for name in ("unet", "vae", "text_encoder"):
+        configs[name] = weights.read_json(folder / name / "config.json")
+    configs["scheduler"] = weights.read_json(folder / "scheduler" / "scheduler_config.json")
+    pad = _pad_token(folder / "tokenizer")
+    if pad is not None:
+        configs["tokenizer_pad_token"] = pad
+    return configs
+
+
+def _pad_token(folder: Path) -> str | None:
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            pad = json.loads((folder / name).read_text()).get("pad_token")
+            if isinstance(pad, dict):
+                pad = pad.get("content")
+            if pad:
+                return pad
+    return None
