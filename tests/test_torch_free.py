@@ -43,6 +43,8 @@ def test_runtime_imports_and_runs_without_torch(tokenizer_folders):
         import diffrt.runtime
         from diffrt.runtime import CLIPTokenizer, SCHEDULERS
         from diffrt.export.clip_vocab import clip_vocab_and_merges  # torch-free part of export
+        from diffrt.runtime import networks  # shape contracts: read by the runtime too
+        assert networks.vae_decoder_network({{"latent_channels": 4}}, 8).shapes(1, 64, 64)["sample"] == (1, 3, 64, 64)
         ran = []
         for name, cls in sorted(SCHEDULERS.items()):
             s = cls.from_config({{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}})
@@ -67,5 +69,5 @@ def test_runtime_imports_and_runs_without_torch(tokenizer_folders):
 def test_cli_help_without_torch():
     result = run_blocked("from diffrt.cli import main; raise SystemExit(main(['--help']))")
     assert result.returncode == 0, result.stderr
-    for command in ("info", "schedulers", "tokenize"):
+    for command in ("info", "schedulers", "tokenize", "export"):
         assert command in result.stdout
