@@ -1,0 +1,541 @@
+"""Reading checkpoint weights safely: safetensors headers checked before anything is allocated, pickles refused.
+
+* ``.safetensors`` files are validated with this module's own parser of the header (8-byte little-endian length,
+  JSON, data buffer) before ``safetensors`` maps a byte of tensor data: sizes, dtypes, shapes and offsets must be
+  consistent with each other and with the file's length, so a hostile or truncated file fails with one sentence
+  instead of a huge allocation or a Rust panic.
+* Pickle checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) are refused unless the caller opts in
+  (``allow_pickle=True``, CLI ``--allow-pickle``): unpickling runs whatever code the file names. Even then they go
+  through ``torch.load(weights_only=True)``, which accepts tensors and plain containers only.
+* Diffusers / transformers component folders (``unet/``, ``vae/``, ``text_encoder/``...) are searched the way
+  ``from_pretrained`` searches them: sharded index first, then the single file, safetensors before pickle, with the
+  ``variant`` spelling diffusers 0.42 writes (and the legacy one it still reads).
+
+Every failure is a :class:`~diffrt.runtime.errors.CheckpointError` whose message is one sentence naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffrt.runtime.errors import CheckpointError
+
+__all__ = [
+    "ACCEPTED_EXTENSIONS",
+    "PICKLE_EXTENSIONS",
+    "SAFETENSORS_DTYPES",
+    "SafetensorsHeader",
+    "TensorInfo",
+    "file_sha256",
+    "load_component_weights",
+    "load_safetensors",
+    "load_weights_file",
+    "read_json",
+    "read_safetensors_header",
+    "tensor_shapes",
+]
+
+# The safetensors library's own limit on the JSON header (MAX_HEADER_SIZE in its Rust source).
+MAX_HEADER_SIZE = 100_000_000
+
+# Bytes per element of every dtype safetensors writes that torch can hold (sub-byte F4/F6 formats left out).
+SAFETENSORS_DTYPES: dict[str, int] = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+PICKLE_EXTENSIONS = (".ckpt", ".bin", ".pt", ".pth")
+ACCEPTED_EXTENSIONS = (".safetensors", *PICKLE_EXTENSIONS)
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One header entry: dtype name as safetensors spells it, shape, and byte range within the data buffer."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated safetensors header; ``data_offset`` is where the data buffer starts in the file."""
+
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+    data_offset: int = 8
+    file_size: int = 0
+
+
+def _name(path: str | os.PathLike) -> str:
+    return repr(str(path))
+
+
+def _one_line(error: BaseException | str) -> str:
+    """The first line of an embedded error message, without a closing period (it sits inside our sentence)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines[0].split()) if lines else ""
+    return text.rstrip(". ") or type(error).__name__
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr() of a value taken from the file, cut short: a hostile header can hold megabyte-long names."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "[...]"
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _json_type(value: object) -> str:
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _open_error(kind: str, path: str | os.PathLike, error: OSError) -> CheckpointError:
+    if isinstance(error, FileNotFoundError):
+        return CheckpointError(f"{kind} {_name(path)} does not exist.")
+    if isinstance(error, IsADirectoryError):
+        return CheckpointError(f"{kind} {_name(path)} is a folder; accepted: a file.")
+    return CheckpointError(f"{kind} {_name(path)} could not be read: {_one_line(error.strerror or error)}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Parse and validate the header of a safetensors file, reading only the header bytes.
+
+    Raises CheckpointError if the file is missing or too short, the header length is absurd, the JSON is invalid,
+    an entry has an unknown dtype, a bad shape or offsets that disagree with its shape, entries overlap or leave
+    gaps, or the data buffer is shorter (truncated file) or longer than the header accounts for.
+    """
+    where = f"safetensors file {_name(path)}"
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            if file_size < 8:
+                raise CheckpointError(
+                    f"{where} is {_plural(file_size, 'byte')} long, too short to be a safetensors file "
+                    "(accepted: an 8-byte header length, a JSON header and the tensor data)."
+                )
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len < 2:
+                raise CheckpointError(
+                    f"{where} has a header length of {_plural(header_len, 'byte')}; accepted: at least 2 bytes of JSON."
+                )
+            if header_len > file_size - 8:
+                raise CheckpointError(
+                    f"{where} is not valid: its header claims {header_len} bytes but the file has {file_size} bytes."
+                )
+            if header_len > MAX_HEADER_SIZE:
+                raise CheckpointError(
+                    f"{where} is not valid: its header claims {header_len} bytes, over the "
+                    f"safetensors limit of {MAX_HEADER_SIZE} bytes."
+                )
+            raw = f.read(header_len)
+    except OSError as error:
+        raise _open_error("safetensors file", path, error) from None
+    if len(raw) != header_len:
+        raise CheckpointError(f"{where} changed while it was being read; accepted: a file that is not being written.")
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(
+            f"{where} is not valid: its header is not UTF-8 text (accepted: a JSON object)."
+        ) from None
+    try:
+        header = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except _DuplicateKey as dup:
+        raise CheckpointError(
+            f"{where} names the entry {_short(str(dup.args[0]))} twice in its header; accepted: unique tensor names."
+        ) from None
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(f"{where} is not valid: its header is not valid JSON ({_one_line(error)}).") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{where} is not valid: its header is a JSON {_json_type(header)}, not the accepted JSON object."
+        )
+
+    data_size = file_size - 8 - header_len
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"{where} has a __metadata__ entry that is not accepted (a map of strings to strings).")
+
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        bad = f"{where} has an invalid entry for tensor {_short(name)}"
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise CheckpointError(f"{bad}; accepted: an object with dtype, shape and data_offsets.")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointError(
+                f"{bad}: dtype {_short(dtype)} is unknown (accepted: {', '.join(SAFETENSORS_DTYPES)})."
+            )
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise CheckpointError(f"{bad}: shape {_short(shape)} is not accepted (a list of non-negative integers).")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise CheckpointError(
+                f"{bad}: data_offsets {_short(offsets)} is not accepted "
+                "(two integers [begin, end] with 0 <= begin <= end)."
+            )
+        begin, end = offsets
+        numel = 1
+        for d in shape:
+            numel *= d
+        expected = numel * SAFETENSORS_DTYPES[dtype]
+        if end - begin != expected:
+            raise CheckpointError(
+                f"{bad}: its data_offsets span {end - begin} bytes "
+                f"but shape {_short(shape)} of {dtype} needs {expected}."
+            )
+        if end > data_size:
+            raise CheckpointError(
+                f"{where} is truncated: tensor {_short(name)} ends at byte {end} of the data "
+                f"but the file is shorter than its header says, holding only {data_size} bytes of data."
+            )
+        tensors[name] = TensorInfo(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+    # Like the safetensors library: the entries tile the data buffer from 0 to its end, no overlaps, no gaps.
+    position, previous = 0, None
+    for name, info in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if info.begin < position:
+            raise CheckpointError(
+                f"{where} has overlapping tensors: {_short(name)} (bytes {info.begin}-{info.end}) "
+                f"overlaps {_short(previous)} (which ends at byte {position}); "
+                "accepted: tensors stored one after another."
+            )
+        if info.begin > position:
+            raise CheckpointError(
+                f"{where} has {info.begin - position} unaccounted bytes before tensor {_short(name)}; "
+                "accepted: tensors stored one after another from the start of the data."
+            )
+        position, previous = info.end, name
+    if position != data_size:
+        raise CheckpointError(
+            f"{where} has {data_size - position} bytes after its last tensor that its header does not account for "
+            "(accepted: a file that ends with its last tensor)."
+        )
+    return SafetensorsHeader(tensors=tensors, metadata=dict(metadata), data_offset=8 + header_len, file_size=file_size)
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the validated header alone (no tensor data is read)."""
+    return {name: info.shape for name, info in read_safetensors_header(path).tensors.items()}
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Validate the header, then load every tensor of a safetensors file onto ``device``."""
+    read_safetensors_header(path)
+    import safetensors.torch
+
+    try:
+        return safetensors.torch.load_file(str(path), device=device)
+    except Exception as error:  # SafetensorError, OSError, RuntimeError (device), ... all mean "not loaded"
+        raise CheckpointError(
+            f"safetensors file {_name(path)} could not be loaded onto {device!r}: {_one_line(error)}."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pickle checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pickle_refusal(path: str | os.PathLike) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint file {_name(path)} is a pickle, which was not opened because unpickling can run arbitrary code "
+        "from the file; convert it to .safetensors, or if you trust its source pass --allow-pickle "
+        "(Python: allow_pickle=True) to read it with torch.load(weights_only=True)."
+    )
+
+
+_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([^\s]+)")
+
+
+def _load_pickle(path: str | os.PathLike) -> dict:
+    import torch
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file {_name(path)} does not exist.")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise _open_error("checkpoint file", path, error) from None
+    except Exception as error:
+        message = str(error)
+        if "Weights only load failed" in message:
+            found = _GLOBAL_RE.search(message)
+            if found:
+                what = f"global {found.group(1)!r}"
+            elif "WeightsUnpickler error:" in message:
+                what = _one_line(message.split("WeightsUnpickler error:", 1)[1])
+            else:
+                what = "content the tensors-only loader refuses"
+            raise CheckpointError(
+                f"checkpoint file {_name(path)} contains objects other than tensors ({what}) and was not loaded; "
+                "accepted: a pickle of tensors and plain containers, or a .safetensors file."
+            ) from None
+        raise CheckpointError(
+            f"checkpoint file {_name(path)} could not be read as a PyTorch checkpoint: {_one_line(error)}."
+        ) from None
+    return _tensors_only(obj, path)
+
+
+def _tensors_only(obj: object, path: str | os.PathLike) -> dict:
+    """Unwrap LDM ``{"state_dict": ...}`` nesting (repeatedly, like diffusers' single-file loader); keep tensors."""
+    import torch
+
+    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint file {_name(path)} holds a {type(obj).__name__}; accepted: a dict of tensors "
+            "(optionally under 'state_dict')."
+        )
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = ", ".join(_short(k, 40) for k in list(obj)[:8]) or "none"
+        raise CheckpointError(
+            f"checkpoint file {_name(path)} holds no tensors (keys: {keys}); accepted: a dict of tensors "
+            "(optionally under 'state_dict')."
+        )
+    return tensors
+
+
+def load_weights_file(path: str | os.PathLike, allow_pickle: bool = False) -> dict:
+    """Load one weights file, dispatching on its extension; pickles only with ``allow_pickle=True``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".safetensors":
+        return load_safetensors(path)
+    if suffix in PICKLE_EXTENSIONS:
+        if not os.path.exists(path):
+            raise CheckpointError(f"checkpoint file {_name(path)} does not exist.")
+        if not allow_pickle:
+            raise _pickle_refusal(path)
+        return _load_pickle(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file {_name(path)} does not exist.")
+    raise CheckpointError(
+        f"checkpoint file {_name(path)} has an extension diffrt does not read; accepted: "
+        f"{', '.join(ACCEPTED_EXTENSIONS)}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# diffusers / transformers component folders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON file that must hold an object (config, index)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as error:
+        raise _open_error("JSON file", path, error) from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"JSON file {_name(path)} is not UTF-8 text; accepted: a JSON object.") from None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(f"JSON file {_name(path)} is not valid JSON: {_one_line(error)}.") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"JSON file {_name(path)} holds a JSON {_json_type(value)}; accepted: a JSON object.")
+    return value
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    except OSError as error:
+        raise _open_error("file", path, error) from None
+    return digest.hexdigest()
+
+
+def _add_variant(name: str, variant: str | None) -> str:
+    """diffusers' / transformers' spelling: the variant goes before the last extension."""
+    if variant is None:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def _candidates(variant: str | None) -> list[tuple[str, str, bool]]:
+    """(file name, kind, is_pickle) in the order from_pretrained looks: index before single file, safetensors first."""
+    out: list[tuple[str, str, bool]] = []
+    for stem in ("diffusion_pytorch_model", "model"):
+        index = f"{stem}.safetensors.index.json"
+        out.append((_add_variant(index, variant), "index", False))
+        if variant is not None:  # legacy spelling diffusers still reads: <stem>.safetensors.<variant>.index.json
+            out.append((f"{stem}.safetensors.{variant}.index.json", "index", False))
+    for stem in ("diffusion_pytorch_model", "model"):
+        out.append((_add_variant(f"{stem}.safetensors", variant), "file", False))
+    for stem in ("diffusion_pytorch_model", "pytorch_model"):
+        out.append((_add_variant(f"{stem}.bin.index.json", variant), "index", True))
+    for stem in ("diffusion_pytorch_model", "pytorch_model"):
+        out.append((_add_variant(f"{stem}.bin", variant), "file", True))
+    return out
+
+
+def _weight_files_present(folder: Path) -> list[str]:
+    names = []
+    for entry in sorted(folder.iterdir()):
+        lower = entry.name.lower()
+        is_index = lower.endswith(".json") and ".index" in lower
+        if entry.is_file() and (lower.endswith(ACCEPTED_EXTENSIONS) or is_index):
+            names.append(entry.name)
+    return names
+
+
+def _unmapped(where: str, shard: str, missing: list[str]) -> CheckpointError:
+    return CheckpointError(
+        f"{where} maps {_plural(len(missing), 'tensor')} (first: {_short(missing[0])}) "
+        f"to the shard {_short(shard)}, which does not hold them."
+    )
+
+
+def _load_sharded(index_path: Path, is_pickle: bool, allow_pickle: bool) -> dict:
+    where = f"checkpoint index {_name(index_path)}"
+    index = read_json(index_path)
+    weight_map = index.get("weight_map")
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
+    ):
+        raise CheckpointError(
+            f"{where} has no usable weight_map; accepted: a non-empty map of tensor names to shard file names."
+        )
+    shards: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        shards.setdefault(shard, []).append(key)
+    folder = index_path.parent
+    for shard in shards:
+        if shard != os.path.basename(shard) or shard in ("", ".", "..") or "\\" in shard:
+            raise CheckpointError(
+                f"{where} names the shard {_short(shard)}, which is not a plain file name; "
+                "accepted: files beside the index."
+            )
+        if not (folder / shard).is_file():
+            raise CheckpointError(f"{where} lists the shard {_short(shard)}, which is missing from {str(folder)!r}.")
+    if is_pickle and not allow_pickle:
+        raise _pickle_refusal(folder / next(iter(shards)))
+
+    if not is_pickle:  # every key checked against the shard headers before any tensor data is read
+        for shard, keys in shards.items():
+            present = read_safetensors_header(folder / shard).tensors
+            missing = [k for k in keys if k not in present]
+            if missing:
+                raise _unmapped(where, shard, missing)
+    weights: dict = {}
+    for shard, keys in shards.items():
+        loaded = load_weights_file(folder / shard, allow_pickle=allow_pickle)
+        missing = [k for k in keys if k not in loaded]
+        if missing:
+            raise _unmapped(where, shard, missing)
+        for key in keys:
+            weights[key] = loaded[key]
+        del loaded
+    return weights
+
+
+def load_component_weights(folder: str | os.PathLike, variant: str | None = None, allow_pickle: bool = False) -> dict:
+    """Weights of one diffusers / transformers component folder (``unet/``, ``vae/``, ``text_encoder/``...).
+
+    Looks, in order, for a safetensors shard index, a single safetensors file, then (only loaded with
+    ``allow_pickle=True``) a ``.bin`` index or file, under the diffusers (``diffusion_pytorch_model``) and
+    transformers (``model`` / ``pytorch_model``) names, with ``variant`` inserted as diffusers 0.42 does
+    (``diffusion_pytorch_model.fp16.safetensors``, ``diffusion_pytorch_model.safetensors.index.fp16.json``).
+    Tensors come back in the dtype they were stored in.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is a file, not a folder"
+        raise CheckpointError(f"component folder {_name(root)} {what}; accepted: a diffusers model folder.")
+    candidates = _candidates(variant)
+    for name, kind, is_pickle in candidates:
+        path = root / name
+        if not path.is_file():
+            continue
+        if kind == "index":
+            return _load_sharded(path, is_pickle, allow_pickle)
+        return load_weights_file(path, allow_pickle=allow_pickle)
+
+    present = _weight_files_present(root)
+    present_text = ", ".join(present) if present else "none"
+    if variant is not None:
+        raise CheckpointError(
+            f"component folder {_name(root)} has no {variant!r} variant weights (looked for "
+            f"{', '.join(n for n, _, _ in candidates)}); weight files present: {present_text}."
+        )
+    raise CheckpointError(
+        f"component folder {_name(root)} holds no weights: looked for {', '.join(n for n, _, _ in candidates)}, "
+        f"and the weight files present are: {present_text}."
+    )
