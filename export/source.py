@@ -105,7 +105,7 @@ def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
         config = weights.read_json(folder / "config.json")
         components[name] = Component(name, class_name, config, _folder_loader(folder, variant, allow_pickle))
         files.append(folder / "config.json")
-        files.extend(weights.component_weight_files(folder, variant=variant, allow_pickle=allow_pickle))
+        files.extend(weights.component_weight_files(folder, variant=variant))
     scheduler_config = weights.read_json(root / "scheduler" / "scheduler_config.json")
     files.append(root / "scheduler" / "scheduler_config.json")
     notes = [f"{name} not exported: the runtime does not use it" for name in SKIPPED if index.get(name, [None])[0]]

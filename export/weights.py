@@ -506,28 +506,15 @@ def _load_sharded(index_path: Path, is_pickle: bool, allow_pickle: bool) -> dict
     return weights
 
 
-def load_component_weights(folder: str | os.PathLike, variant: str | None = None, allow_pickle: bool = False) -> dict:
-    """Weights of one diffusers / transformers component folder (``unet/``, ``vae/``, ``text_encoder/``...).
-
-    Looks, in order, for a safetensors shard index, a single safetensors file, then (only loaded with
-    ``allow_pickle=True``) a ``.bin`` index or file, under the diffusers (``diffusion_pytorch_model``) and
-    transformers (``model`` / ``pytorch_model``) names, with ``variant`` inserted as diffusers 0.42 does
-    (``diffusion_pytorch_model.fp16.safetensors``, ``diffusion_pytorch_model.safetensors.index.fp16.json``).
-    Tensors come back in the dtype they were stored in.
-    """
-    root = Path(folder)
+def _find_component_weights(root: Path, variant: str | None) -> tuple[Path, str, bool]:
+    """The weights file (or shard index) ``from_pretrained`` would read in ``root``: (path, kind, is_pickle)."""
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is a file, not a folder"
         raise CheckpointError(f"component folder {_name(root)} {what}; accepted: a diffusers model folder.")
     candidates = _candidates(variant)
     for name, kind, is_pickle in candidates:
-        path = root / name
-        if not path.is_file():
-            continue
-        if kind == "index":
-            return _load_sharded(path, is_pickle, allow_pickle)
-        return load_weights_file(path, allow_pickle=allow_pickle)
-
+        if (root / name).is_file():
+            return root / name, kind, is_pickle
     present = _weight_files_present(root)
     present_text = ", ".join(present) if present else "none"
     if variant is not None:
@@ -539,3 +526,28 @@ def load_component_weights(folder: str | os.PathLike, variant: str | None = None
         f"component folder {_name(root)} holds no weights: looked for {', '.join(n for n, _, _ in candidates)}, "
         f"and the weight files present are: {present_text}."
     )
+
+
+def load_component_weights(folder: str | os.PathLike, variant: str | None = None, allow_pickle: bool = False) -> dict:
+    """Weights of one diffusers / transformers component folder (``unet/``, ``vae/``, ``text_encoder/``...).
+
+    Looks, in order, for a safetensors shard index, a single safetensors file, then (only loaded with
+    ``allow_pickle=True``) a ``.bin`` index or file, under the diffusers (``diffusion_pytorch_model``) and
+    transformers (``model`` / ``pytorch_model``) names, with ``variant`` inserted as diffusers 0.42 does
+    (``diffusion_pytorch_model.fp16.safetensors``, ``diffusion_pytorch_model.safetensors.index.fp16.json``).
+    Tensors come back in the dtype they were stored in.
+    """
+    path, kind, is_pickle = _find_component_weights(Path(folder), variant)
+    if kind == "index":
+        return _load_sharded(path, is_pickle, allow_pickle)
+    return load_weights_file(path, allow_pickle=allow_pickle)
+
+
+def component_weight_files(folder: str | os.PathLike, variant: str | None = None) -> list[Path]:
+    """The files :func:`load_component_weights` reads (an index and its shards, or one file), for provenance."""
+    path, kind, _ = _find_component_weights(Path(folder), variant)
+    if kind != "index":
+        return [path]
+    weight_map = read_json(path).get("weight_map")
+    shards = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+    return [path, *(path.parent / shard for shard in shards if isinstance(shard, str))]

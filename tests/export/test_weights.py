@@ -651,3 +651,29 @@ def test_clip_text_encoder_folder(tmp_path):
     assert (tmp_path / "text_encoder" / "model.safetensors").is_file()
     loaded = W.load_component_weights(tmp_path / "text_encoder")
     assert_same(loaded, model.state_dict())
+
+
+def test_component_weight_files_lists_what_is_read(tmp_path):
+    from safetensors.torch import save_file
+
+    from diffrt.export.weights import component_weight_files
+
+    single = tmp_path / "single"
+    single.mkdir()
+    save_file({"w": torch.zeros(2)}, single / "diffusion_pytorch_model.safetensors")
+    save_file({"w": torch.zeros(2, dtype=torch.float16)}, single / "diffusion_pytorch_model.fp16.safetensors")
+    assert component_weight_files(single) == [single / "diffusion_pytorch_model.safetensors"]
+    assert component_weight_files(single, variant="fp16") == [single / "diffusion_pytorch_model.fp16.safetensors"]
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    save_file({"a": torch.zeros(2)}, sharded / "model-00001-of-00002.safetensors")
+    save_file({"b": torch.zeros(2)}, sharded / "model-00002-of-00002.safetensors")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert component_weight_files(sharded) == [
+        sharded / "model.safetensors.index.json",
+        sharded / "model-00001-of-00002.safetensors",
+        sharded / "model-00002-of-00002.safetensors",
+    ]
+    with pytest.raises(CheckpointError, match="'fp16' variant"):
+        component_weight_files(sharded, variant="fp16")
