@@ -1,0 +1,915 @@
+"""Single-file Stable Diffusion checkpoints in the original LDM layout (CompVis / Stability) -> diffusers components.
+
+A single ``.ckpt`` / ``.safetensors`` file from the original training code holds the UNet under
+``model.diffusion_model.``, the VAE under ``first_stage_model.`` and the text encoder under ``cond_stage_model.``
+(HF CLIP names for SD 1.x, the OpenCLIP layout for SD 2.x). This module
+
+* guesses the family from key names and shapes alone (:func:`detect_layout`, fed by a safetensors header),
+* carries the diffusers configs of the public reference models of each family (:func:`builtin_configs`) and checks
+  that a checkpoint's shapes agree with the configs chosen for it (:func:`check_config`), never downloading any,
+* renames and reshapes tensors into diffusers names (:func:`convert_unet`, :func:`convert_vae`,
+  :func:`convert_text_encoder`, all in one call: :func:`convert_single_file`).
+
+Conversion is table-driven: each converter first lists, from the component config alone, every
+``(ldm name, diffusers name, reshape)`` triple the model needs, then applies the list. The same list tells which keys
+are missing, and every key of the component's namespace it does not consume is either known to be ignorable (EMA
+copies, schedule buffers, the OpenCLIP layers past the penultimate one, ...) or reported. No model is instantiated.
+
+Text encoder names are those transformers >= 5.6 gives ``CLIPTextModel`` (``embeddings...``, ``encoder.layers...``,
+``final_layer_norm...``, without the ``text_model.`` segment older releases saved).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from diffrt.runtime.errors import CheckpointError
+
+__all__ = [
+    "FAMILIES",
+    "LayoutGuess",
+    "SingleFileModel",
+    "builtin_configs",
+    "check_config",
+    "convert_single_file",
+    "convert_text_encoder",
+    "convert_unet",
+    "convert_vae",
+    "detect_layout",
+]
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."  # SD 1.x: HF CLIPTextModel names, with or without "text_model."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP ViT-H text tower
+SDXL_PREFIX = "conditioner.embedders."
+CONV_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
+WRAPPER_PREFIX = "state_dict."  # diffusers unwraps a nested "state_dict" entry; flattened, it is this prefix
+TEXT_ENCODER_KEY_PREFIX = ""  # transformers >= 5.6 CLIPTextModel names carry no "text_model." segment
+
+CONFIG_HINT = "pass --config DIR with the model's diffusers configs"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Built-in configs: the diffusers folders of the public reference model of each family. Values are those of the
+# config.json files on the Hub; fields those files lack take the library defaults. The pipeline entries describe what a
+# single file converts to: it carries no safety checker or feature extractor.
+
+_SD_DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+_SD_UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+
+SD15_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": _SD_DOWN,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": _SD_UP,
+}
+SD21_UNET = {
+    **SD15_UNET,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "dual_cross_attention": False,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "sample_size": 96,
+    "upcast_attention": True,
+    "use_linear_projection": True,
+}
+SD15_INPAINT_UNET = {**SD15_UNET, "in_channels": 9}
+SD2_INPAINT_UNET = {**SD21_UNET, "in_channels": 9, "sample_size": 64, "upcast_attention": False}
+
+SD15_VAE = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+SD21_VAE = {**SD15_VAE, "sample_size": 768}
+
+# openai/clip-vit-large-patch14's text tower, as the SD 1.x folders store it (less "dropout": 0.0, a field
+# transformers 5 no longer has).
+CLIP_VIT_L_TEXT = {
+    "architectures": ["CLIPTextModel"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 768,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 1,
+    "projection_dim": 768,
+    "vocab_size": 49408,
+}
+OPEN_CLIP_VIT_H_TEXT = {  # OpenCLIP ViT-H/14 up to its penultimate layer (23 of 24), as the SD 2.x folders store it
+    **CLIP_VIT_L_TEXT,
+    "hidden_act": "gelu",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "projection_dim": 512,
+}
+
+_SD_BETAS = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", **_SD_BETAS}
+SD21_SCHEDULER = {"_class_name": "DDIMScheduler", **_SD_BETAS, "prediction_type": "v_prediction"}
+SD15_INPAINT_SCHEDULER = {"_class_name": "DDIMScheduler", **_SD_BETAS}
+SD2_INPAINT_SCHEDULER = {"_class_name": "PNDMScheduler", **_SD_BETAS, "prediction_type": "epsilon"}
+
+
+def _model_index(pipeline: str, scheduler: str) -> dict:
+    return {
+        "_class_name": pipeline,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", scheduler],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+@dataclass(frozen=True)
+class _Family:
+    reference: str  # the public diffusers folder whose configs are built in
+    diffusers_type: str  # diffusers' own name (infer_diffusers_model_type / DIFFUSERS_DEFAULT_PIPELINE_PATHS)
+    text_layout: str  # "clip" | "open_clip"
+    in_channels: int
+    pipeline: str
+    unet: dict
+    vae: dict
+    text_encoder: dict
+    scheduler: dict
+    pad_token: str
+
+
+_FAMILIES = {
+    "sd1": _Family(
+        "runwayml/stable-diffusion-v1-5", "v1", "clip", 4, "StableDiffusionPipeline",
+        SD15_UNET, SD15_VAE, CLIP_VIT_L_TEXT, SD15_SCHEDULER, "<|endoftext|>",
+    ),
+    "sd2": _Family(
+        "stabilityai/stable-diffusion-2-1", "v2", "open_clip", 4, "StableDiffusionPipeline",
+        SD21_UNET, SD21_VAE, OPEN_CLIP_VIT_H_TEXT, SD21_SCHEDULER, "!",
+    ),
+    "sd1-inpaint": _Family(
+        "runwayml/stable-diffusion-inpainting", "inpainting", "clip", 9, "StableDiffusionInpaintPipeline",
+        SD15_INPAINT_UNET, SD15_VAE, CLIP_VIT_L_TEXT, SD15_INPAINT_SCHEDULER, "<|endoftext|>",
+    ),
+    "sd2-inpaint": _Family(
+        "stabilityai/stable-diffusion-2-inpainting", "inpainting_v2", "open_clip", 9, "StableDiffusionInpaintPipeline",
+        SD2_INPAINT_UNET, SD15_VAE, OPEN_CLIP_VIT_H_TEXT, SD2_INPAINT_SCHEDULER, "!",
+    ),
+}  # fmt: skip
+FAMILIES = tuple(_FAMILIES)
+CONFIG_COMPONENTS = ("model_index", "unet", "vae", "text_encoder", "scheduler", "tokenizer_pad_token")
+
+# The global step the SD 2.0-base (512, epsilon) release was saved at: diffusers' only rule for telling it from 768-v.
+SD2_BASE_GLOBAL_STEP = 875000
+
+
+def builtin_configs(family: str) -> dict:
+    """The diffusers configs of ``family``'s reference model: a fresh dict with :data:`CONFIG_COMPONENTS` keys."""
+    if family not in _FAMILIES:
+        raise CheckpointError(f"family {family!r} has no built-in configs; accepted families: {', '.join(FAMILIES)}.")
+    fam = _FAMILIES[family]
+    return copy.deepcopy(
+        {
+            "model_index": _model_index(fam.pipeline, fam.scheduler["_class_name"]),
+            "unet": fam.unet,
+            "vae": fam.vae,
+            "text_encoder": fam.text_encoder,
+            "scheduler": fam.scheduler,
+            "tokenizer_pad_token": fam.pad_token,
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Detection
+
+
+@dataclass(frozen=True)
+class LayoutGuess:
+    """What the key names and shapes of a single-file checkpoint say it is."""
+
+    family: str  # one of FAMILIES
+    in_channels: int  # the UNet's conv_in input channels (4, or 9 for inpainting)
+    prediction_type: str  # "epsilon" | "v_prediction" (what diffusers assumes for the family)
+    prefix: str  # wrapper stripped off every key before the LDM names ("" or "state_dict.")
+    text_layout: str | None  # "clip" | "open_clip" | None when the file has no text encoder
+    cross_attention_dim: int | None  # in-features of the UNet's cross-attention keys, None without any
+    diffusers_type: str  # diffusers' name for the same model type ("v1", "v2", "inpainting", "inpainting_v2")
+    notes: tuple[str, ...] = ()  # assumptions made, for the caller to print
+
+
+def _wrapper_prefix(keys: Iterable[str]) -> str:
+    keys = list(keys)
+    prefix = ""
+    while keys and all(k.startswith(prefix + WRAPPER_PREFIX) for k in keys):
+        prefix += WRAPPER_PREFIX
+    return prefix
+
+
+def _strip(mapping: Mapping, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in mapping.items()} if prefix else dict(mapping)
+
+
+def _first_cross_attention(shapes: Mapping[str, tuple]) -> tuple[str, tuple] | None:
+    pattern = re.compile(
+        re.escape(UNET_PREFIX) + r"(input_blocks|middle_block|output_blocks)\.(\d+)\..*attn2\.to_k\.weight$"
+    )
+    order = {"input_blocks": 0, "middle_block": 1, "output_blocks": 2}
+    found = [(order[m[1]], int(m[2]), k) for k in shapes if (m := pattern.match(k))]
+    if not found:
+        return None
+    key = min(found)[2]
+    return key, tuple(shapes[key])
+
+
+def detect_layout(
+    shapes: Mapping[str, tuple[int, ...]], *, global_step: int | None = None, source: str = "the checkpoint"
+) -> LayoutGuess:
+    """Guess the family of a single-file checkpoint from its key -> shape map (a safetensors header; no weights).
+
+    ``global_step`` (the ``global_step`` entry of a ``.ckpt``) is diffusers' only hint that an SD 2 file is the
+    epsilon SD2.0-base model rather than a 768-v one. Raises :class:`CheckpointError` for SDXL files, SD2 depth
+    models, UNets with unsupported input channels, and files not in the SD 1.x / 2.x LDM layout; ``source`` names
+    the file in those messages.
+    """
+    prefix = _wrapper_prefix(shapes)
+    shapes = _strip(shapes, prefix)
+    if any(k.startswith(SDXL_PREFIX) for k in shapes):
+        raise CheckpointError(
+            f"{source} holds SDXL keys ({SDXL_PREFIX}*), and SDXL single files are not supported yet; "
+            "convert it to a diffusers folder and pass that folder instead."
+        )
+    if CONV_IN_KEY not in shapes:
+        seen = ", ".join(sorted(shapes)[:3]) or "no keys at all"
+        raise CheckpointError(
+            f"{source} is not a Stable Diffusion 1.x/2.x single file in the LDM layout: diffrt looked for the "
+            f"UNet key {CONV_IN_KEY} (and {UNET_PREFIX}*, {VAE_PREFIX}*, cond_stage_model.* keys) but found "
+            f"{seen}{', ...' if len(shapes) > 3 else ''}; pass a diffusers folder, or {CONFIG_HINT} if it is an SD "
+            "1.x/2.x model."
+        )
+    conv_in = tuple(shapes[CONV_IN_KEY])
+    in_channels = int(conv_in[1]) if len(conv_in) == 4 else -1
+    if any(k.startswith(OPEN_CLIP_PREFIX) for k in shapes):
+        text_layout = "open_clip"
+    elif any(k.startswith(CLIP_PREFIX) for k in shapes):
+        text_layout = "clip"
+    else:
+        text_layout = None
+    cross = _first_cross_attention(shapes)
+    cross_dim = int(cross[1][-1]) if cross else None
+    if text_layout == "open_clip" or (text_layout is None and cross_dim == 1024):
+        base = "sd2"
+    elif text_layout == "clip" or (text_layout is None and cross_dim == 768):
+        base = "sd1"
+    else:
+        raise CheckpointError(
+            f"{source} has LDM UNet keys but neither a text encoder (looked for {CLIP_PREFIX}* or "
+            f"{OPEN_CLIP_PREFIX}*) nor a cross-attention width of 768 (SD 1.x) or 1024 (SD 2.x) "
+            f"(found {cross_dim}); {CONFIG_HINT}."
+        )
+    if in_channels == 5 and base == "sd2":
+        raise CheckpointError(
+            f"{source} is a Stable Diffusion 2 depth model (5-channel UNet), which needs a depth estimator that "
+            "a single file does not contain; use the model's diffusers folder (such as "
+            "stabilityai/stable-diffusion-2-depth) instead."
+        )
+    if in_channels not in (4, 9):
+        raise CheckpointError(
+            f"the UNet of {source} takes {in_channels} input channels ({CONV_IN_KEY} has shape {conv_in}), which no "
+            "supported single-file family has; accepted: 4 (text-to-image) or 9 (inpainting) channels."
+        )
+    family = base if in_channels == 4 else f"{base}-inpaint"
+    notes: list[str] = []
+    prediction_type = "epsilon"
+    if family == "sd2":
+        if global_step == SD2_BASE_GLOBAL_STEP:
+            notes.append(
+                f"SD2 checkpoint saved at global_step {SD2_BASE_GLOBAL_STEP} taken for SD2.0-base: epsilon prediction, "
+                "as diffusers assumes."
+            )
+        else:
+            prediction_type = "v_prediction"
+            notes.append(
+                "SD2 assumed to be a 768-v model (v_prediction), as diffusers assumes for SD2 single files; "
+                f"for an epsilon model such as SD2-base, {CONFIG_HINT}."
+            )
+    return LayoutGuess(
+        family=family,
+        in_channels=in_channels,
+        prediction_type=prediction_type,
+        prefix=prefix,
+        text_layout=text_layout,
+        cross_attention_dim=cross_dim,
+        diffusers_type=_FAMILIES[family].diffusers_type,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config readers: diffusers / transformers defaults for the fields a config.json may omit.
+
+_UNET_DEFAULTS = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": 1,
+    "reverse_transformer_layers_per_block": None,
+    "cross_attention_dim": 1280,
+    "use_linear_projection": False,
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "num_class_embeds": None,
+    "time_cond_proj_dim": None,
+    "encoder_hid_dim": None,
+}
+_VAE_DEFAULTS = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",),
+    "up_block_types": ("UpDecoderBlock2D",),
+    "block_out_channels": (64,),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "mid_block_add_attention": True,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+}
+_TEXT_DEFAULTS = {"hidden_size": 512, "num_hidden_layers": 12, "vocab_size": 49408, "max_position_embeddings": 77}
+
+
+def _with_defaults(config: Mapping, defaults: Mapping) -> dict:
+    return {**defaults, **config}
+
+
+def _per_block(value, n: int, name: str) -> list[int]:
+    if isinstance(value, int):
+        return [value] * n
+    if len(value) != n:
+        raise CheckpointError(f"the UNet config's {name} has {len(value)} entries; accepted: one per block ({n}).")
+    return list(value)
+
+
+def _unet_cfg(config: Mapping) -> dict:
+    cfg = _with_defaults(config, _UNET_DEFAULTS)
+    n = len(cfg["block_out_channels"])
+    supported = {
+        "down_block_types": {"CrossAttnDownBlock2D", "DownBlock2D"},
+        "up_block_types": {"CrossAttnUpBlock2D", "UpBlock2D"},
+        "mid_block_type": {"UNetMidBlock2DCrossAttn"},
+    }
+    for name, accepted in supported.items():
+        values = [cfg[name]] if isinstance(cfg[name], str) else list(cfg[name])
+        bad = [v for v in values if v not in accepted]
+        if bad or (name != "mid_block_type" and len(values) != n):
+            raise CheckpointError(
+                f"the UNet config's {name}={cfg[name]!r} is not a Stable Diffusion 1.x/2.x UNet; accepted: "
+                f"{len(values) if name == 'mid_block_type' else n} of {', '.join(sorted(accepted))}."
+            )
+    for name in (
+        "class_embed_type",
+        "addition_embed_type",
+        "num_class_embeds",
+        "time_cond_proj_dim",
+        "encoder_hid_dim",
+    ):
+        if cfg[name] is not None:
+            raise CheckpointError(
+                f"the UNet config sets {name}={cfg[name]!r}, which single-file SD 1.x/2.x conversion does not "
+                "support; accepted: null."
+            )
+    return cfg
+
+
+def _vae_cfg(config: Mapping) -> dict:
+    cfg = _with_defaults(config, _VAE_DEFAULTS)
+    n = len(cfg["block_out_channels"])
+    if (
+        list(cfg["down_block_types"]) != ["DownEncoderBlock2D"] * n
+        or list(cfg["up_block_types"]) != ["UpDecoderBlock2D"] * n
+    ):
+        raise CheckpointError(
+            "the VAE config's down/up block types are not those of an AutoencoderKL VAE; accepted: "
+            f"{n} DownEncoderBlock2D and {n} UpDecoderBlock2D."
+        )
+    return cfg
+
+
+def _text_cfg(config: Mapping) -> dict:
+    return _with_defaults(config, _TEXT_DEFAULTS)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conversion plans: (ldm key, diffusers key, reshape) triples, listed from a config alone.
+# Reshapes: None (as stored), "2d" (1x1 conv -> linear), "conv"/"linear" (to the config's projection kind),
+# ("qkv", i) (the i-th third of a fused q/k/v projection).
+
+_WB = ("weight", "bias")
+_UNET_RESNET = (
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+)
+_VAE_RESNET = (("norm1", "norm1"), ("conv1", "conv1"), ("norm2", "norm2"), ("conv2", "conv2"))
+_VAE_ATTENTION = (
+    ("norm", "group_norm", None),
+    ("q", "to_q", "2d"),
+    ("k", "to_k", "2d"),
+    ("v", "to_v", "2d"),
+    ("proj_out", "to_out.0", "2d"),
+)
+_TRANSFORMER_BLOCK = (
+    [(f"{a}.{p}.weight", None) for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v")]
+    + [(f"{a}.to_out.0.{wb}", None) for a in ("attn1", "attn2") for wb in _WB]
+    + [(f"{m}.{wb}", None) for m in ("ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3") for wb in _WB]
+)
+_CLIP_LAYER = [
+    f"{m}.{wb}"
+    for m in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.out_proj",
+        "layer_norm1",
+        "layer_norm2",
+        "mlp.fc1",
+        "mlp.fc2",
+    )
+    for wb in _WB
+]
+_OPEN_CLIP_LAYER = (
+    ("ln_1", "layer_norm1"),
+    ("attn.out_proj", "self_attn.out_proj"),
+    ("ln_2", "layer_norm2"),
+    ("mlp.c_fc", "mlp.fc1"),
+    ("mlp.c_proj", "mlp.fc2"),
+)
+
+Plan = list[tuple[str, str, object]]
+
+
+def _pairs(plan: Plan, ldm: str, new: str, names: Iterable[str] = _WB, reshape=None) -> None:
+    plan.extend((f"{ldm}.{n}", f"{new}.{n}", reshape) for n in names)
+
+
+def _unet_plan(config: Mapping) -> Plan:
+    cfg = _unet_cfg(config)
+    outs = list(cfg["block_out_channels"])
+    n = len(outs)
+    layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
+    depth = _per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
+    up_depth = list(reversed(depth))
+    if cfg["reverse_transformer_layers_per_block"] is not None:
+        up_depth = [d if isinstance(d, int) else d[0] for d in cfg["reverse_transformer_layers_per_block"]]
+    proj = "linear" if cfg["use_linear_projection"] else "conv"
+    p = UNET_PREFIX
+    plan: Plan = []
+
+    def resnet(ldm: str, new: str, shortcut: bool) -> None:
+        for old, name in _UNET_RESNET:
+            _pairs(plan, f"{p}{ldm}.{old}", f"{new}.{name}")
+        if shortcut:
+            _pairs(plan, f"{p}{ldm}.skip_connection", f"{new}.conv_shortcut")
+
+    def transformer(ldm: str, new: str, blocks: int) -> None:
+        _pairs(plan, f"{p}{ldm}.norm", f"{new}.norm")
+        _pairs(plan, f"{p}{ldm}.proj_in", f"{new}.proj_in", ("weight",), proj)
+        _pairs(plan, f"{p}{ldm}.proj_out", f"{new}.proj_out", ("weight",), proj)
+        _pairs(plan, f"{p}{ldm}.proj_in", f"{new}.proj_in", ("bias",))
+        _pairs(plan, f"{p}{ldm}.proj_out", f"{new}.proj_out", ("bias",))
+        for t in range(blocks):
+            for name, reshape in _TRANSFORMER_BLOCK:
+                plan.append(
+                    (f"{p}{ldm}.transformer_blocks.{t}.{name}", f"{new}.transformer_blocks.{t}.{name}", reshape)
+                )
+
+    _pairs(plan, f"{p}time_embed.0", "time_embedding.linear_1")
+    _pairs(plan, f"{p}time_embed.2", "time_embedding.linear_2")
+    _pairs(plan, f"{p}input_blocks.0.0", "conv_in")
+    k, channels = 1, outs[0]
+    for i, kind in enumerate(cfg["down_block_types"]):
+        for j in range(layers[i]):
+            resnet(f"input_blocks.{k}.0", f"down_blocks.{i}.resnets.{j}", channels != outs[i])
+            channels = outs[i]
+            if kind.startswith("CrossAttn"):
+                transformer(f"input_blocks.{k}.1", f"down_blocks.{i}.attentions.{j}", depth[i])
+            k += 1
+        if i < n - 1:
+            _pairs(plan, f"{p}input_blocks.{k}.0.op", f"down_blocks.{i}.downsamplers.0.conv")
+            k += 1
+    resnet("middle_block.0", "mid_block.resnets.0", False)
+    transformer("middle_block.1", "mid_block.attentions.0", depth[-1])
+    resnet("middle_block.2", "mid_block.resnets.1", False)
+    k = 0
+    for i, kind in enumerate(cfg["up_block_types"]):
+        count = list(reversed(layers))[i] + 1
+        for j in range(count):
+            resnet(f"output_blocks.{k}.0", f"up_blocks.{i}.resnets.{j}", True)  # skip concatenation: always widened
+            attention = kind.startswith("CrossAttn")
+            if attention:
+                transformer(f"output_blocks.{k}.1", f"up_blocks.{i}.attentions.{j}", up_depth[i])
+            if j == count - 1 and i < n - 1:
+                _pairs(plan, f"{p}output_blocks.{k}.{2 if attention else 1}.conv", f"up_blocks.{i}.upsamplers.0.conv")
+            k += 1
+    _pairs(plan, f"{p}out.0", "conv_norm_out")
+    _pairs(plan, f"{p}out.2", "conv_out")
+    return plan
+
+
+def _vae_plan(config: Mapping) -> Plan:
+    cfg = _vae_cfg(config)
+    outs = list(cfg["block_out_channels"])
+    n, layers = len(outs), cfg["layers_per_block"]
+    p = VAE_PREFIX
+    plan: Plan = []
+
+    def resnet(ldm: str, new: str, shortcut: bool) -> None:
+        for old, name in _VAE_RESNET:
+            _pairs(plan, f"{p}{ldm}.{old}", f"{new}.{name}")
+        if shortcut:
+            _pairs(plan, f"{p}{ldm}.nin_shortcut", f"{new}.conv_shortcut")
+
+    def mid(part: str) -> None:
+        resnet(f"{part}.mid.block_1", f"{part}.mid_block.resnets.0", False)
+        if cfg["mid_block_add_attention"]:
+            for old, name, reshape in _VAE_ATTENTION:
+                _pairs(
+                    plan, f"{p}{part}.mid.attn_1.{old}", f"{part}.mid_block.attentions.0.{name}", ("weight",), reshape
+                )
+                _pairs(plan, f"{p}{part}.mid.attn_1.{old}", f"{part}.mid_block.attentions.0.{name}", ("bias",))
+        resnet(f"{part}.mid.block_2", f"{part}.mid_block.resnets.1", False)
+
+    _pairs(plan, f"{p}encoder.conv_in", "encoder.conv_in")
+    channels = outs[0]
+    for i in range(n):
+        for j in range(layers):
+            resnet(f"encoder.down.{i}.block.{j}", f"encoder.down_blocks.{i}.resnets.{j}", channels != outs[i])
+            channels = outs[i]
+        if i < n - 1:
+            _pairs(plan, f"{p}encoder.down.{i}.downsample.conv", f"encoder.down_blocks.{i}.downsamplers.0.conv")
+    mid("encoder")
+    _pairs(plan, f"{p}encoder.norm_out", "encoder.conv_norm_out")
+    _pairs(plan, f"{p}encoder.conv_out", "encoder.conv_out")
+    if cfg["use_quant_conv"]:
+        _pairs(plan, f"{p}quant_conv", "quant_conv")
+    if cfg["use_post_quant_conv"]:
+        _pairs(plan, f"{p}post_quant_conv", "post_quant_conv")
+    _pairs(plan, f"{p}decoder.conv_in", "decoder.conv_in")
+    mid("decoder")
+    rev = list(reversed(outs))
+    channels = rev[0]
+    for i in range(n):
+        ldm = n - 1 - i  # LDM numbers decoder levels from the highest resolution, diffusers from the lowest
+        for j in range(layers + 1):
+            resnet(f"decoder.up.{ldm}.block.{j}", f"decoder.up_blocks.{i}.resnets.{j}", channels != rev[i])
+            channels = rev[i]
+        if i < n - 1:
+            _pairs(plan, f"{p}decoder.up.{ldm}.upsample.conv", f"decoder.up_blocks.{i}.upsamplers.0.conv")
+    _pairs(plan, f"{p}decoder.norm_out", "decoder.conv_norm_out")
+    _pairs(plan, f"{p}decoder.conv_out", "decoder.conv_out")
+    return plan
+
+
+def _clip_prefix(keys: Iterable[str]) -> str:
+    with_segment = CLIP_PREFIX + "text_model."
+    return with_segment if any(k.startswith(with_segment) for k in keys) else CLIP_PREFIX
+
+
+def _text_plan(config: Mapping, layout: str, keys: Iterable[str]) -> Plan:
+    cfg = _text_cfg(config)
+    out = TEXT_ENCODER_KEY_PREFIX
+    plan: Plan = []
+    if layout == "clip":
+        p = _clip_prefix(keys)
+        names = ["embeddings.token_embedding.weight", "embeddings.position_embedding.weight"]
+        names += [f"encoder.layers.{i}.{name}" for i in range(cfg["num_hidden_layers"]) for name in _CLIP_LAYER]
+        names += ["final_layer_norm.weight", "final_layer_norm.bias"]
+        return [(p + name, out + name, None) for name in names]
+    p = OPEN_CLIP_PREFIX
+    plan.append((f"{p}token_embedding.weight", f"{out}embeddings.token_embedding.weight", None))
+    plan.append((f"{p}positional_embedding", f"{out}embeddings.position_embedding.weight", None))
+    for i in range(cfg["num_hidden_layers"]):
+        ldm, new = f"{p}transformer.resblocks.{i}", f"{out}encoder.layers.{i}"
+        for old, name in _OPEN_CLIP_LAYER:
+            _pairs(plan, f"{ldm}.{old}", f"{new}.{name}")
+        for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            plan.append((f"{ldm}.attn.in_proj_weight", f"{new}.self_attn.{name}.weight", ("qkv", part)))
+            plan.append((f"{ldm}.attn.in_proj_bias", f"{new}.self_attn.{name}.bias", ("qkv", part)))
+    _pairs(plan, f"{p}ln_final", f"{out}final_layer_norm")
+    return plan
+
+
+def _reshape(tensor: torch.Tensor, how) -> torch.Tensor:
+    if how is None:
+        return tensor
+    if how in ("2d", "linear"):
+        return tensor.reshape(tensor.shape[0], tensor.shape[1]) if tensor.ndim > 2 else tensor
+    if how == "conv":
+        return tensor.reshape(*tensor.shape, 1, 1) if tensor.ndim == 2 else tensor
+    _, part = how  # ("qkv", i): fused [q; k; v] rows
+    rows = tensor.shape[0] // 3
+    return tensor[part * rows : (part + 1) * rows].clone()
+
+
+# Keys a single file may carry that no diffusers component needs.
+_IGNORED_KEYS = {
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2", "logvar", "lvlb_weights",
+    CLIP_PREFIX + "text_model.embeddings.position_ids", CLIP_PREFIX + "embeddings.position_ids",
+    OPEN_CLIP_PREFIX + "logit_scale", OPEN_CLIP_PREFIX + "text_projection", OPEN_CLIP_PREFIX + "attn_mask",
+}  # fmt: skip
+_IGNORED_PREFIXES = ("model_ema.", VAE_PREFIX + "loss.")
+_RESBLOCK = re.compile(re.escape(OPEN_CLIP_PREFIX) + r"transformer\.resblocks\.(\d+)\.")
+
+
+def _ignorable(key: str, text_layers: int | None = None) -> bool:
+    if key in _IGNORED_KEYS or key.startswith(_IGNORED_PREFIXES):
+        return True
+    m = _RESBLOCK.match(key)
+    return bool(m and text_layers is not None and int(m[1]) >= text_layers)
+
+
+def _listing(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(sorted(keys)[:limit])
+    return f"{len(keys)} key{'s' if len(keys) != 1 else ''} ({shown}{', ...' if len(keys) > limit else ''})"
+
+
+def _apply(
+    ldm: Mapping[str, torch.Tensor],
+    plan: Plan,
+    component: str,
+    namespaces: tuple[str, ...],
+    source: str,
+    text_layers: int | None = None,
+) -> dict[str, torch.Tensor]:
+    missing = sorted({old for old, _, _ in plan if old not in ldm})
+    if missing:
+        raise CheckpointError(
+            f"{source} lacks {_listing(missing)} that the {component} config needs; pass a complete checkpoint, or "
+            f"{CONFIG_HINT} if its architecture differs."
+        )
+    used = {old for old, _, _ in plan}
+    extra = [k for k in ldm if k.startswith(namespaces) and k not in used and not _ignorable(k, text_layers)]
+    if extra:
+        raise CheckpointError(
+            f"{source} holds {_listing(extra)} under the {component} namespace that its config does not explain; "
+            f"{CONFIG_HINT} that match the checkpoint."
+        )
+    return {new: _reshape(ldm[old], how) for old, new, how in plan}
+
+
+def convert_unet(ldm: Mapping[str, torch.Tensor], unet_config: Mapping, *, source: str = "the checkpoint") -> dict:
+    """``model.diffusion_model.*`` of an LDM state dict -> UNet2DConditionModel names (other keys are left alone)."""
+    return _apply(ldm, _unet_plan(unet_config), "UNet", (UNET_PREFIX,), source)
+
+
+def convert_vae(ldm: Mapping[str, torch.Tensor], vae_config: Mapping, *, source: str = "the checkpoint") -> dict:
+    """``first_stage_model.*`` of an LDM state dict -> AutoencoderKL names (mid-block attention 1x1 convs -> linear)."""
+    return _apply(ldm, _vae_plan(vae_config), "VAE", (VAE_PREFIX,), source)
+
+
+def convert_text_encoder(
+    ldm: Mapping[str, torch.Tensor], text_config: Mapping, family: str, *, source: str = "the checkpoint"
+) -> dict:
+    """``cond_stage_model.*`` -> CLIPTextModel names: HF CLIP names for sd1 families, the OpenCLIP layout for sd2 ones.
+
+    OpenCLIP resblocks past the config's ``num_hidden_layers`` are dropped, as diffusers does (SD 2 conditions on
+    the penultimate layer, so its diffusers text encoder has one layer fewer than the file).
+    """
+    if family not in _FAMILIES:
+        raise CheckpointError(f"family {family!r} is unknown; accepted families: {', '.join(FAMILIES)}.")
+    layout = _FAMILIES[family].text_layout
+    plan = _text_plan(text_config, layout, ldm)
+    layers = _text_cfg(text_config)["num_hidden_layers"] if layout == "open_clip" else None
+    return _apply(ldm, plan, "text encoder", ("cond_stage_model.",), source, layers)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config consistency
+
+
+def _config_mismatches(shapes: Mapping[str, tuple], configs: Mapping, text_layout: str) -> list[str]:
+    """Disagreements between a handful of key tensors and what the configs imply (empty when they agree)."""
+    unet, vae, text = _unet_cfg(configs["unet"]), _vae_cfg(configs["vae"]), _text_cfg(configs["text_encoder"])
+    found: list[str] = []
+
+    def expect(actual, wanted, message: str) -> None:  # message: "<what> has {a} <unit>, the config says {w}"
+        if actual is not None and actual != wanted:
+            found.append(message.format(a=actual, w=wanted))
+
+    def dims(key: str, ndim: int) -> tuple | None:
+        value = shapes.get(key)
+        return tuple(value) if value is not None and len(value) == ndim else None
+
+    outs = list(unet["block_out_channels"])
+    if conv_in := dims(CONV_IN_KEY, 4):
+        expect(conv_in[0], outs[0], "conv_in has {a} output channels, the config says {w}")
+        expect(conv_in[1], unet["in_channels"], "conv_in has {a} input channels, the config says {w}")
+    layers = _per_block(unet["layers_per_block"], len(outs), "layers_per_block")
+    blocks = {int(m[1]) for k in shapes if (m := re.match(re.escape(UNET_PREFIX) + r"input_blocks\.(\d+)\.", k))}
+    expect(len(blocks), sum(layers) + len(outs), "the UNet has {a} input blocks, the config implies {w}")
+    k = 1
+    for i, kind in enumerate(unet["down_block_types"]):
+        if kind.startswith("CrossAttn"):
+            to_k = dims(f"{UNET_PREFIX}input_blocks.{k}.1.transformer_blocks.0.attn2.to_k.weight", 2)
+            if to_k is None:
+                found.append(f"input block {k} has no cross-attention, the config says {kind} for down block {i}")
+            else:
+                expect(
+                    to_k[1],
+                    unet["cross_attention_dim"],
+                    "cross-attention to_k takes {a} features, the config's cross_attention_dim is {w}",
+                )
+                expect(to_k[0], outs[i], f"down block {i}'s attention has {{a}} channels, the config says {{w}}")
+            break
+        k += layers[i] + (i < len(outs) - 1)
+    if vae_in := dims(VAE_PREFIX + "encoder.conv_in.weight", 4):
+        expect(
+            vae_in[0], vae["block_out_channels"][0], "the VAE's first conv has {a} output channels, the config says {w}"
+        )
+        expect(vae_in[1], vae["in_channels"], "the VAE's first conv has {a} input channels, the config says {w}")
+    if dec_in := dims(VAE_PREFIX + "decoder.conv_in.weight", 4):
+        expect(dec_in[1], vae["latent_channels"], "the VAE decoder takes {a} latent channels, the config says {w}")
+    if text_layout == "clip":
+        p = _clip_prefix(shapes)
+        token = dims(p + "embeddings.token_embedding.weight", 2)
+        layer_re = re.compile(re.escape(p) + r"encoder\.layers\.(\d+)\.")
+    else:
+        token = dims(OPEN_CLIP_PREFIX + "token_embedding.weight", 2)
+        layer_re = _RESBLOCK
+    if token:
+        expect(token[1], text["hidden_size"], "the text token embedding is {a} wide, the config says {w}")
+        expect(token[0], text["vocab_size"], "the text vocabulary has {a} tokens, the config says {w}")
+    text_layers = len({int(m[1]) for k in shapes if (m := layer_re.match(k))})
+    wanted = text["num_hidden_layers"]
+    if text_layers and (text_layers != wanted if text_layout == "clip" else text_layers < wanted):
+        found.append(f"the text encoder has {text_layers} layers, the config says {wanted}")
+    return found
+
+
+def check_config(
+    shapes: Mapping[str, tuple[int, ...]],
+    guess: LayoutGuess,
+    configs: Mapping,
+    *,
+    source: str = "the checkpoint",
+    label: str | None = None,
+) -> None:
+    """Raise :class:`CheckpointError` unless a few key tensors agree with ``configs`` (built-in or from --config).
+
+    Checks conv_in channels, the number of UNet input blocks, the first down-block cross-attention's to_k, the VAE's
+    first convolutions, and the text encoder's embedding width, vocabulary and layer count. ``label`` names the configs
+    in the message (default: "the <family> config").
+    """
+    shapes = _strip(shapes, guess.prefix)
+    found = _config_mismatches(shapes, configs, guess.text_layout or _FAMILIES[guess.family].text_layout)
+    if found:
+        label = label or f"the {guess.family} config"
+        raise CheckpointError(
+            f"{source} looks like {guess.family} but its shapes do not match {label} ({'; '.join(found[:3])}); "
+            f"{CONFIG_HINT}."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole-file conversion
+
+
+@dataclass
+class SingleFileModel:
+    """A single-file checkpoint converted to diffusers components."""
+
+    family: str  # one of FAMILIES
+    notes: list[str]  # assumptions made (to print)
+    configs: dict  # "model_index", "unet", "vae", "text_encoder", "scheduler", "tokenizer_pad_token"
+    state_dicts: dict[str, dict[str, torch.Tensor]]  # "unet", "vae", "text_encoder": diffusers names
+    guess: LayoutGuess | None = field(default=None, repr=False)
+
+
+def _unwrap(state_dict: Mapping) -> tuple[Mapping, int | None]:
+    """The weights of a .ckpt-style dict (nested under "state_dict", as diffusers unwraps) and its global_step."""
+    global_step = None
+    while True:
+        if isinstance(state_dict.get("global_step"), int):
+            global_step = state_dict["global_step"]
+        if not isinstance(state_dict.get("state_dict"), Mapping):
+            return state_dict, global_step
+        state_dict = state_dict["state_dict"]
+
+
+def convert_single_file(
+    state_dict: Mapping[str, torch.Tensor],
+    configs: Mapping | None = None,
+    *,
+    source: str = "the checkpoint",
+    global_step: int | None = None,
+) -> SingleFileModel:
+    """Convert a whole LDM single-file state dict to diffusers UNet / VAE / text encoder state dicts.
+
+    ``configs`` (a dict shaped like :func:`builtin_configs`' result, e.g. read from a ``--config DIR`` diffusers
+    folder) overrides the family's built-in configs; components it lacks come from the built-ins. ``source`` names
+    the checkpoint in error messages. Raises :class:`CheckpointError` when the layout is not recognised, the shapes
+    disagree with the configs, or keys are missing or unexplained.
+    """
+    state_dict, stored_step = _unwrap(state_dict)
+    global_step = stored_step if global_step is None else global_step
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    guess = detect_layout(shapes, global_step=global_step, source=source)
+    tensors = _strip(tensors, guess.prefix)
+    builtin = builtin_configs(guess.family)
+    reference = _FAMILIES[guess.family].reference
+    if configs is None:
+        chosen, label = builtin, None
+        notes = [f"Configs: built-in {guess.family} ({reference})."]
+    else:
+        lacking = [name for name in CONFIG_COMPONENTS[:-1] if name not in configs]  # a pad token goes unsaid
+        chosen, label = {**builtin, **copy.deepcopy(dict(configs))}, "the given config"
+        notes = []
+        if lacking:
+            notes.append(f"Configs not given for {', '.join(lacking)}: built-in {guess.family} ({reference}) used.")
+    if configs is None or "scheduler" not in configs:  # the prediction-type assumption rides on the built-in scheduler
+        notes[:0] = guess.notes
+        if "prediction_type" in chosen["scheduler"] or guess.prediction_type != "epsilon":
+            chosen["scheduler"]["prediction_type"] = guess.prediction_type
+    check_config(shapes, guess, chosen, source=source, label=label)
+    if any(k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates") for k in tensors):
+        notes.append("EMA weights (model_ema.*) ignored: the non-EMA UNet weights are used, as diffusers does.")
+    converted = {
+        "unet": convert_unet(tensors, chosen["unet"], source=source),
+        "vae": convert_vae(tensors, chosen["vae"], source=source),
+        "text_encoder": convert_text_encoder(tensors, chosen["text_encoder"], guess.family, source=source),
+    }
+    if _FAMILIES[guess.family].text_layout == "open_clip":
+        kept = _text_cfg(chosen["text_encoder"])["num_hidden_layers"]
+        dropped = sorted({int(m[1]) for k in tensors if (m := _RESBLOCK.match(k)) and int(m[1]) >= kept})
+        if dropped:
+            notes.append(
+                f"OpenCLIP layer(s) {', '.join(map(str, dropped))} dropped: the diffusers text encoder stops at the "
+                f"penultimate layer ({kept} layers), as SD 2 conditions on it."
+            )
+    leftover = [
+        k for k in tensors if not k.startswith((UNET_PREFIX, VAE_PREFIX, "cond_stage_model.")) and not _ignorable(k)
+    ]
+    if leftover:
+        raise CheckpointError(
+            f"{source} holds {_listing(leftover)} outside the UNet, VAE and text encoder that diffrt does not know; "
+            "accepted extras are EMA copies (model_ema.*) and the LDM noise-schedule buffers (betas, alphas_cumprod, "
+            "...)."
+        )
+    return SingleFileModel(family=guess.family, notes=notes, configs=chosen, state_dicts=converted, guess=guess)
