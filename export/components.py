@@ -20,19 +20,26 @@ from .source import Component, Source
 
 
 def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> torch.nn.Module:
-    """Load float32 weights by exact name; a mismatch names a few missing and unexpected keys."""
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    result = module.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    """Load float32 weights by exact name and shape; a mismatch names a few of the keys at fault."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
         raise CheckpointError(
-            f"{where}: weights do not fit the config ({len(result.missing_keys)} missing, e.g. "
-            f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:3]})."
+            f"{where}: weights do not fit the config ({len(missing)} missing, e.g. {missing[:3]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]})."
         )
-    try:
-        module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:  # shapes
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise CheckpointError(f"{where}: weights do not fit the config: {first}") from None
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if v.shape != expected[k].shape
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{where}: weights do not fit the config: {len(wrong)} tensors have other shapes than the config "
+            f"implies (checkpoint vs config), e.g. {'; '.join(wrong[:3])}."
+        )
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
     return module.eval()
 
 

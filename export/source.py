@@ -156,7 +156,7 @@ def _load_single_file(path: Path, config_dir: str | Path | None, allow_pickle: b
             tokenizer_files = _tokenizer_files(config_dir / "tokenizer")
         files.extend(p for p in sorted(config_dir.rglob("*.json")) if p.is_file())
     state_dict = weights.load_weights_file(path, allow_pickle=allow_pickle)
-    model = single_file.convert_single_file(state_dict, configs=configs)
+    model = single_file.convert_single_file(state_dict, configs=configs, source=str(path))
     del state_dict
     pipeline = model.configs["model_index"]["_class_name"]
     if pipeline not in PIPELINES:

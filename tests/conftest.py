@@ -6,6 +6,7 @@ import pytest
 # Test helpers (parity harness, fixture builders) import by module name.
 sys.path.insert(0, str(Path(__file__).parent / "schedulers"))
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "export"))
 
 
 @pytest.fixture(scope="session")

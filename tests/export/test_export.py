@@ -375,3 +375,36 @@ def test_unknown_sources_are_refused(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
     with pytest.raises(CheckpointError, match="diffrt exports StableDiffusionPipeline"):
         load_source(tmp_path)
+
+
+def _package_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("kind", "layout"), [("sd1", "clip"), ("sd2", "open_clip"), ("inpaint", "clip")])
+def test_single_file_exports_to_the_same_package(packages, tiny_models, tmp_path, kind, layout):
+    """An LDM-layout file written from the folder's weights (diffusers' from_single_file reads it back to the same
+    weights: tests/export/test_single_file.py) exports, with --config, to the folder's package byte for byte."""
+    import ldm_layout
+
+    path = ldm_layout.write_single_file(tiny_models[kind], tmp_path / f"{kind}.safetensors", layout)
+    out = tmp_path / "pkg"
+    assert main(["export", str(path), str(out), "--config", str(tiny_models[kind])]) == 0
+    ours, theirs = _package_files(out), _package_files(packages[kind])
+    record = json.loads(ours.pop("diffrt.json"))
+    theirs.pop("diffrt.json")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name] == theirs[name], name
+    assert record["source"]["kind"] == "single_file"
+    assert record["source"]["sha256"][path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_single_file_without_config_names_the_mismatch(tiny_models, tmp_path, capsys):
+    import ldm_layout
+
+    path = ldm_layout.write_single_file(tiny_models["sd1"], tmp_path / "tiny.safetensors", "clip")
+    assert main(["export", str(path), str(tmp_path / "pkg")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "do not match" in err and "--config DIR" in err and str(path) in err
+    assert not (tmp_path / "pkg").exists()
