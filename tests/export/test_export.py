@@ -408,3 +408,26 @@ def test_single_file_without_config_names_the_mismatch(tiny_models, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "do not match" in err and "--config DIR" in err and str(path) in err
     assert not (tmp_path / "pkg").exists()
+
+
+def test_sharded_and_pickled_folders(tiny_models, packages, tmp_path):
+    """Sharded safetensors export like the single-file folder; .bin folders need the pickle opt-in."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd1"])
+    sharded, pickled = tmp_path / "sharded", tmp_path / "pickled"
+    pipe.save_pretrained(sharded, max_shard_size="200KB", safe_serialization=True)
+    pipe.save_pretrained(pickled, safe_serialization=False)
+    assert len(list((sharded / "unet").glob("*.safetensors"))) > 1
+    report = export_package(load_source(sharded), tmp_path / "from-shards", ExportOptions(check=False))
+    record = json.loads((report.path / "diffrt.json").read_text())
+    assert "unet/diffusion_pytorch_model.safetensors.index.json" in record["source"]["sha256"]
+    same = _package_files(report.path)
+    reference = _package_files(packages["sd1"])
+    for name in ("unet/model.onnx", "vae_decoder/model.onnx", "text_encoder/model.onnx"):
+        assert same[name] == reference[name]
+    with pytest.raises(CheckpointError, match="--allow-pickle"):
+        export_package(load_source(pickled), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    report = export_package(load_source(pickled, allow_pickle=True), tmp_path / "from-bin", ExportOptions(check=False))
+    assert _package_files(report.path)["unet/model.onnx"] == reference["unet/model.onnx"]
