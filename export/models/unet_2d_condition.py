@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from .resnet import ResnetOptions, activation
 from .unet_blocks import (
     AttnDownBlock2D,
     AttnUpBlock2D,
+    CrossAttentionOptions,
     CrossAttnDownBlock2D,
     CrossAttnUpBlock2D,
     DownBlock2D,
@@ -190,6 +192,13 @@ class UNet2DConditionModel(nn.Module):
         def resnet(scale: float = 1.0) -> ResnetOptions:
             return ResnetOptions(temb_channels, norm_num_groups, norm_eps, act_fn, resnet_time_scale_shift, scale)
 
+        def attention(i: int, depth: int | list[int]) -> CrossAttentionOptions:
+            """The cross-attention of down block ``i`` (and of the up block that mirrors it)."""
+            depth = depth if isinstance(depth, int) else tuple(depth)
+            return CrossAttentionOptions(
+                heads[i], cross_dims[i], depth, use_linear_projection, only_cross[i], upcast_attention
+            )
+
         self.conv_in = nn.Conv2d(in_channels, channels0, conv_in_kernel, padding=(conv_in_kernel - 1) // 2)
 
         self.down_blocks = nn.ModuleList()
@@ -203,16 +212,7 @@ class UNet2DConditionModel(nn.Module):
                 downsample_padding=downsample_padding,
             )
             if block_type == "CrossAttnDownBlock2D":
-                block = CrossAttnDownBlock2D(
-                    **common,
-                    add_downsample=i < n - 1,
-                    heads=heads[i],
-                    cross_attention_dim=cross_dims[i],
-                    transformer_layers_per_block=depths[i],
-                    use_linear_projection=use_linear_projection,
-                    only_cross_attention=only_cross[i],
-                    upcast_attention=upcast_attention,
-                )
+                block = CrossAttnDownBlock2D(**common, add_downsample=i < n - 1, attention=attention(i, depths[i]))
             elif block_type == "AttnDownBlock2D":
                 block = AttnDownBlock2D(
                     **common,
@@ -225,14 +225,9 @@ class UNet2DConditionModel(nn.Module):
 
         mid_channels = block_out_channels[-1]
         if mid_block_type == "UNetMidBlock2DCrossAttn":
+            mid_attention = replace(attention(n - 1, depths[-1]), only_cross_attention=False)
             self.mid_block = UNetMidBlock2DCrossAttn(
-                mid_channels,
-                resnet(mid_block_scale_factor),
-                heads=heads[-1],
-                cross_attention_dim=cross_dims[-1],
-                transformer_layers_per_block=depths[-1],
-                use_linear_projection=use_linear_projection,
-                upcast_attention=upcast_attention,
+                mid_channels, resnet(mid_block_scale_factor), attention=mid_attention
             )
         elif mid_block_type == "UNetMidBlock2D":
             self.mid_block = UNetMidBlock2D(
@@ -253,16 +248,7 @@ class UNet2DConditionModel(nn.Module):
                 num_layers=layers[j] + 1,
             )
             if block_type == "CrossAttnUpBlock2D":
-                block = CrossAttnUpBlock2D(
-                    **common,
-                    add_upsample=i < n - 1,
-                    heads=heads[j],
-                    cross_attention_dim=cross_dims[j],
-                    transformer_layers_per_block=up_depths[i],
-                    use_linear_projection=use_linear_projection,
-                    only_cross_attention=only_cross[j],
-                    upcast_attention=upcast_attention,
-                )
+                block = CrossAttnUpBlock2D(**common, add_upsample=i < n - 1, attention=attention(j, up_depths[i]))
             elif block_type == "AttnUpBlock2D":
                 block = AttnUpBlock2D(
                     **common,

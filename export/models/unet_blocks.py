@@ -8,6 +8,8 @@ Blocks without attention to a context accept ``context`` and ignore it, so the U
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -17,6 +19,40 @@ from .resnet import Downsample2D, ResnetBlock2D, ResnetOptions, Upsample2D
 
 def _per_layer(value: int | list[int], num_layers: int) -> list[int]:
     return [value] * num_layers if isinstance(value, int) else list(value)
+
+
+@dataclass(frozen=True)
+class CrossAttentionOptions:
+    """How one block's Transformer2DModels attend to the text context.
+
+    ``transformer_layers_per_block`` is the transformer depth, one int for every layer of the block or one per layer.
+    """
+
+    heads: int
+    cross_attention_dim: int
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    use_linear_projection: bool = False
+    only_cross_attention: bool = False
+    upcast_attention: bool = False
+
+    def transformers(self, channels: int, num_layers: int, groups: int) -> nn.ModuleList:
+        """One Transformer2DModel per layer of a block with ``channels`` channels."""
+        return nn.ModuleList(
+            [
+                Transformer2DModel(
+                    self.heads,
+                    channels // self.heads,
+                    channels,
+                    self.cross_attention_dim,
+                    num_layers=depth,
+                    norm_num_groups=groups,
+                    use_linear_projection=self.use_linear_projection,
+                    only_cross_attention=self.only_cross_attention,
+                    upcast_attention=self.upcast_attention,
+                )
+                for depth in _per_layer(self.transformer_layers_per_block, num_layers)
+            ]
+        )
 
 
 class DownBlock2D(nn.Module):
@@ -72,30 +108,10 @@ class CrossAttnDownBlock2D(DownBlock2D):
         add_downsample: bool = True,
         downsample_padding: int = 1,
         *,
-        heads: int,
-        cross_attention_dim: int,
-        transformer_layers_per_block: int | list[int] = 1,
-        use_linear_projection: bool = False,
-        only_cross_attention: bool = False,
-        upcast_attention: bool = False,
+        attention: CrossAttentionOptions,
     ):
         super().__init__(in_channels, out_channels, resnet, num_layers, add_downsample, downsample_padding)
-        self.attentions = nn.ModuleList(
-            [
-                Transformer2DModel(
-                    heads,
-                    out_channels // heads,
-                    out_channels,
-                    cross_attention_dim,
-                    num_layers=depth,
-                    norm_num_groups=resnet.groups,
-                    use_linear_projection=use_linear_projection,
-                    only_cross_attention=only_cross_attention,
-                    upcast_attention=upcast_attention,
-                )
-                for depth in _per_layer(transformer_layers_per_block, num_layers)
-            ]
-        )
+        self.attentions = attention.transformers(out_channels, num_layers, resnet.groups)
 
     def forward(self, x, temb=None, context=None):
         skips = []
@@ -214,30 +230,10 @@ class CrossAttnUpBlock2D(UpBlock2D):
         num_layers: int = 1,
         add_upsample: bool = True,
         *,
-        heads: int,
-        cross_attention_dim: int,
-        transformer_layers_per_block: int | list[int] = 1,
-        use_linear_projection: bool = False,
-        only_cross_attention: bool = False,
-        upcast_attention: bool = False,
+        attention: CrossAttentionOptions,
     ):
         super().__init__(in_channels, prev_output_channel, out_channels, resnet, num_layers, add_upsample)
-        self.attentions = nn.ModuleList(
-            [
-                Transformer2DModel(
-                    heads,
-                    out_channels // heads,
-                    out_channels,
-                    cross_attention_dim,
-                    num_layers=depth,
-                    norm_num_groups=resnet.groups,
-                    use_linear_projection=use_linear_projection,
-                    only_cross_attention=only_cross_attention,
-                    upcast_attention=upcast_attention,
-                )
-                for depth in _per_layer(transformer_layers_per_block, num_layers)
-            ]
-        )
+        self.attentions = attention.transformers(out_channels, num_layers, resnet.groups)
 
     def forward(self, x, skips, temb=None, context=None, upsample_size=None):
         for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips)):
@@ -351,29 +347,11 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         resnet: ResnetOptions,
         num_layers: int = 1,
         *,
-        heads: int,
-        cross_attention_dim: int,
-        transformer_layers_per_block: int | list[int] = 1,
-        use_linear_projection: bool = False,
-        upcast_attention: bool = False,
+        attention: CrossAttentionOptions,
     ):
         super().__init__()
         self.resnets = nn.ModuleList([ResnetBlock2D(in_channels, in_channels, resnet) for _ in range(num_layers + 1)])
-        self.attentions = nn.ModuleList(
-            [
-                Transformer2DModel(
-                    heads,
-                    in_channels // heads,
-                    in_channels,
-                    cross_attention_dim,
-                    num_layers=depth,
-                    norm_num_groups=resnet.groups,
-                    use_linear_projection=use_linear_projection,
-                    upcast_attention=upcast_attention,
-                )
-                for depth in _per_layer(transformer_layers_per_block, num_layers)
-            ]
-        )
+        self.attentions = attention.transformers(in_channels, num_layers, resnet.groups)
 
     def forward(self, x, temb=None, context=None):
         x = self.resnets[0](x, temb)
