@@ -14,7 +14,7 @@ MODEL  ?=
 OUT    ?= engines/default
 EXPORT_ARGS ?=
 
-.PHONY: help install test test-fast engines demo bench lint clean
+.PHONY: help install test test-fast engines demo bench lint clean interop-optimum
 
 help:
 	@echo "make test     create .venv if missing, install diffrt[dev] (torch pinned), run the test suite"
@@ -60,9 +60,19 @@ bench: $(STAMP)
 	@echo "make bench: the benchmarks arrive with the export stage and pipelines." >&2
 	@exit 1
 
+# By hand, not in CI: Optimum (transformers 4, diffusers 0.35) runs a diffrt package; Optimum's export fits our contracts.
+OPTIMUM_VENV ?= .venv-optimum
+interop-optimum: $(STAMP)
+	test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/pip install --quiet $(TORCH) "optimum-onnx[onnxruntime]==0.1.0" "diffusers==0.35.2"
+	rm -rf build/interop
+	$(PY) tests/interop/optimum_interop.py ours build/interop
+	$(OPTIMUM_VENV)/bin/python tests/interop/optimum_interop.py theirs build/interop
+	$(PY) tests/interop/optimum_interop.py compare build/interop
+
 lint: $(STAMP)
 	$(PY) -m ruff check diffrt runtime export kernels tests
 	$(PY) -m ruff format --check diffrt runtime export kernels tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(OPTIMUM_VENV) .pytest_cache build *.egg-info

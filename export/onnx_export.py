@@ -96,6 +96,8 @@ def export_graph(
                 location=EXTERNAL_DATA_FILE,
                 size_threshold=1024,
             )
+            # onnx writes the data file owner-only; a package is read by whoever serves it, like model.onnx.
+            (folder / EXTERNAL_DATA_FILE).chmod(target.stat().st_mode & 0o777)
         else:
             onnx.save_model(model, str(target))
     onnx.checker.check_model(str(target))

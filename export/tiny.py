@@ -65,9 +65,23 @@ SCHEDULER = {
 }
 
 
+def _full_config(model_class, config: dict) -> dict:
+    """``config`` with every other constructor default written out, as diffusers' save_pretrained writes it."""
+    import inspect
+
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(model_class.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+    }
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    return {"_class_name": config["_class_name"], **defaults, **config}
+
+
 def _save_model(model, config: dict, folder: Path) -> None:
     from safetensors.torch import save_file
 
+    config = _full_config(type(model), config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(

@@ -242,6 +242,7 @@ def test_external_data_written_past_the_threshold(packages, tiny_models, tmp_pat
     unet = report.path / "unet"
     assert sorted(p.name for p in unet.glob("model.onnx*")) == ["model.onnx", "model.onnx.data"]
     assert (unet / "model.onnx").stat().st_size < (unet / "model.onnx.data").stat().st_size
+    assert (unet / "model.onnx.data").stat().st_mode == (unet / "model.onnx").stat().st_mode  # readable alike
     feeds = {
         "sample": np.random.default_rng(5).standard_normal((2, 3, 16, 16)).astype(np.float32),
         "timestep": np.array(10.0, dtype=np.float32),
