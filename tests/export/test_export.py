@@ -432,3 +432,71 @@ def test_sharded_and_pickled_folders(tiny_models, packages, tmp_path):
     assert not (tmp_path / "refused").exists()
     report = export_package(load_source(pickled, allow_pickle=True), tmp_path / "from-bin", ExportOptions(check=False))
     assert _package_files(report.path)["unet/model.onnx"] == reference["unet/model.onnx"]
+
+
+def test_legacy_four_channel_inpainting_exports(tiny_models, packages, tmp_path):
+    """A 4-channel UNet under StableDiffusionInpaintPipeline (diffusers blends latents with the mask for it)."""
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_models["sd1"], legacy)
+    index = json.loads((legacy / "model_index.json").read_text())
+    (legacy / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
+    report = export_package(load_source(legacy), tmp_path / "pkg", ExportOptions(check=False))
+    assert json.loads((report.path / "model_index.json").read_text())["_class_name"] == "StableDiffusionInpaintPipeline"
+    assert session(report.path / "unet" / "model.onnx").get_inputs()[0].shape[1] == 4
+    assert (report.path / "unet" / "model.onnx").read_bytes() == (packages["sd1"] / "unet" / "model.onnx").read_bytes()
+
+
+def test_pickled_single_file_with_opt_in_exports_the_same_package(tiny_models, packages, tmp_path):
+    import ldm_layout
+
+    ckpt = tmp_path / "sd1.ckpt"
+    torch.save({"state_dict": ldm_layout.folder_to_ldm(tiny_models["sd1"], "clip"), "global_step": 1}, ckpt)
+    assert main(["export", str(ckpt), str(tmp_path / "refused"), "--config", str(tiny_models["sd1"])]) == 1
+    out = tmp_path / "pkg"
+    args = ["export", str(ckpt), str(out), "--config", str(tiny_models["sd1"]), "--allow-pickle", "--no-check"]
+    assert main(args) == 0
+    assert (out / "unet" / "model.onnx").read_bytes() == (packages["sd1"] / "unet" / "model.onnx").read_bytes()
+    assert not (tmp_path / "refused").exists()
+
+
+def test_hybrid_dpt_depth_estimator_exports(tmp_path):
+    """The BiT-backbone DPT layout of Intel/dpt-hybrid-midas, the estimator of stable-diffusion-2-depth."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    from diffrt.export.components import build_depth_estimator
+    from diffrt.export.onnx_export import export_graph
+    from diffrt.export.source import Component
+
+    torch.manual_seed(0)
+    backbone = {
+        "global_padding": "same",
+        "layer_type": "bottleneck",
+        "depths": [3, 4, 9],
+        "out_features": ["stage1", "stage2", "stage3"],
+        "embedding_dynamic_padding": True,
+        "hidden_sizes": [96, 192, 384, 768],
+        "num_groups": 2,
+    }
+    config = DPTConfig(
+        image_size=32,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=4,
+        backbone_out_indices=(0, 1, 2, 3),
+        num_attention_heads=4,
+        intermediate_size=37,
+        is_hybrid=True,
+        backbone_config=backbone,
+        backbone_featmap_shape=[1, 384, 24, 24],
+    )
+    reference = DPTForDepthEstimation(config).eval()
+    reference.save_pretrained(tmp_path / "dpt")
+    saved = json.loads((tmp_path / "dpt" / "config.json").read_text())
+    component = Component("depth_estimator", "DPTForDepthEstimation", saved, lambda: reference.state_dict())
+    network, module = build_depth_estimator(component, {"size": {"height": 32, "width": 32}})
+    graph = export_graph(module, network, tmp_path / "onnx", (2, 32, 32))
+    pixels = np.random.default_rng(7).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    (got,) = session(graph.path).run(None, {"pixel_values": pixels})
+    with torch.no_grad():
+        want = reference(pixel_values=torch.from_numpy(pixels)).predicted_depth
+    assert rel_err(got, want) <= RTOL
