@@ -21,6 +21,16 @@ def _per_layer(value: int | list[int], num_layers: int) -> list[int]:
     return [value] * num_layers if isinstance(value, int) else list(value)
 
 
+def _self_attentions(channels: int, head_dim: int, resnet: ResnetOptions, num_layers: int) -> nn.ModuleList:
+    """One spatial self-attention per layer, normed and rescaled like the block's resnets (UNet2DModel blocks)."""
+    return nn.ModuleList(
+        [
+            SpatialSelfAttention(channels, head_dim, resnet.groups, resnet.eps, resnet.output_scale_factor)
+            for _ in range(num_layers)
+        ]
+    )
+
+
 @dataclass(frozen=True)
 class CrossAttentionOptions:
     """How one block's Transformer2DModels attend to the text context.
@@ -139,14 +149,7 @@ class AttnDownBlock2D(DownBlock2D):
         attention_head_dim: int,
     ):
         super().__init__(in_channels, out_channels, resnet, num_layers, downsample_type == "conv", downsample_padding)
-        self.attentions = nn.ModuleList(
-            [
-                SpatialSelfAttention(
-                    out_channels, attention_head_dim, resnet.groups, resnet.eps, resnet.output_scale_factor
-                )
-                for _ in range(num_layers)
-            ]
-        )
+        self.attentions = _self_attentions(out_channels, attention_head_dim, resnet, num_layers)
         self.downsample_type = downsample_type
         if downsample_type == "resnet":
             self.downsamplers = nn.ModuleList([ResnetBlock2D(out_channels, out_channels, resnet, down=True)])
@@ -256,14 +259,7 @@ class AttnUpBlock2D(UpBlock2D):
         attention_head_dim: int,
     ):
         super().__init__(in_channels, prev_output_channel, out_channels, resnet, num_layers, upsample_type == "conv")
-        self.attentions = nn.ModuleList(
-            [
-                SpatialSelfAttention(
-                    out_channels, attention_head_dim, resnet.groups, resnet.eps, resnet.output_scale_factor
-                )
-                for _ in range(num_layers)
-            ]
-        )
+        self.attentions = _self_attentions(out_channels, attention_head_dim, resnet, num_layers)
         self.upsample_type = upsample_type
         if upsample_type == "resnet":
             self.upsamplers = nn.ModuleList([ResnetBlock2D(out_channels, out_channels, resnet, up=True)])
