@@ -19,8 +19,14 @@ from .onnx_export import GraphModule
 from .source import Component, Source
 
 
-def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> torch.nn.Module:
-    """Load float32 weights by exact name and shape; a mismatch names a few of the keys at fault."""
+def load_strict(
+    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str, assign: bool = False
+) -> torch.nn.Module:
+    """Load float32 weights by exact name and shape; a mismatch names a few of the keys at fault.
+
+    ``assign`` makes the module hold the given tensors instead of copying them (for modules built on the meta
+    device: one copy of the weights in memory, not two).
+    """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -39,8 +45,16 @@ def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], wh
             f"{where}: weights do not fit the config: {len(wrong)} tensors have other shapes than the config "
             f"implies (checkpoint vs config), e.g. {'; '.join(wrong[:3])}."
         )
-    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    module.load_state_dict(weights, strict=True, assign=assign)
     return module.eval()
+
+
+def own_model(model_class, config: dict[str, Any], state_dict: dict[str, torch.Tensor], where: str):
+    """One of diffrt's models, built on the meta device (no random init, no memory) and given the weights."""
+    with torch.device("meta"):
+        model = model_class(**config)
+    return load_strict(model, state_dict, where, assign=True)
 
 
 def build_unet(component: Component, scale_factor: int) -> tuple[Network, torch.nn.Module]:
@@ -48,10 +62,10 @@ def build_unet(component: Component, scale_factor: int) -> tuple[Network, torch.
 
     config = component.config
     if component.class_name == "UNet2DModel":
-        model = load_strict(UNet2DModel(**config), component.load_weights(), "unet")
+        model = own_model(UNet2DModel, config, component.load_weights(), "unet")
         network = networks.unconditional_unet_network(config)
         return network, GraphModule(model, network, _call_unconditional)
-    model = load_strict(UNet2DConditionModel(**config), component.load_weights(), "unet")
+    model = own_model(UNet2DConditionModel, config, component.load_weights(), "unet")
     network = networks.unet_network(config, scale_factor)
     return network, GraphModule(model, network, _call_conditional)
 
@@ -67,7 +81,7 @@ def _call_unconditional(model, sample, timestep, class_labels=None):
 def build_vae(component: Component, scale_factor: int) -> list[tuple[Network, torch.nn.Module]]:
     from .models import AutoencoderKL
 
-    model = load_strict(AutoencoderKL(**component.config), component.load_weights(), "vae")
+    model = own_model(AutoencoderKL, component.config, component.load_weights(), "vae")
     encoder = networks.vae_encoder_network(component.config, scale_factor)
     decoder = networks.vae_decoder_network(component.config, scale_factor)
     return [

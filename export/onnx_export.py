@@ -117,14 +117,30 @@ def _tensor_bytes(tensor) -> int:
     return n * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
-def check_graph(
-    path: Path,
-    module: torch.nn.Module,
-    network: Network,
-    sizes: Sequence[tuple[int, int, int]],
-    seed: int = 1,
-) -> tuple[float, float]:
-    """Run the ONNX graph (ORT CPU) and the module on the same random inputs at each (batch, height, width).
+@dataclass
+class Reference:
+    """Inputs at one (batch, height, width) and the torch module's outputs for them."""
+
+    size: tuple[int, int, int]
+    feeds: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
+
+
+def reference_outputs(
+    module: torch.nn.Module, network: Network, sizes: Sequence[tuple[int, int, int]], seed: int = 1
+) -> list[Reference]:
+    """Run the torch module on seeded random inputs at each (batch, height, width)."""
+    references = []
+    for i, size in enumerate(sizes):
+        feeds = network.sample_feeds(*size, seed=seed + i)
+        with torch.no_grad():
+            outputs = module(*(torch.from_numpy(feeds[n]) for n in network.input_names))
+        references.append(Reference(size, feeds, [o.float().numpy() for o in outputs]))
+    return references
+
+
+def compare_graph(path: Path, network: Network, references: Sequence[Reference]) -> tuple[float, float]:
+    """Run the ONNX graph (ORT CPU) on the references' inputs.
 
     Returns the worst absolute error and the worst relative error (``max|a - b| / max|b|`` per output).
     """
@@ -134,17 +150,20 @@ def check_graph(
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     worst_abs = worst_rel = 0.0
-    for i, size in enumerate(sizes):
-        feeds = network.sample_feeds(*size, seed=seed + i)
-        got = session.run(network.output_names, feeds)
-        with torch.no_grad():
-            want = module(*(torch.from_numpy(feeds[n]) for n in network.input_names))
-        for name, g, w in zip(network.output_names, got, want, strict=True):
-            w = w.float().numpy()
+    for ref in references:
+        got = session.run(network.output_names, ref.feeds)
+        for name, g, w in zip(network.output_names, got, ref.outputs, strict=True):
             if g.shape != w.shape:
-                raise AssertionError(f"{network.name}.{name}: ONNX shape {g.shape} != torch shape {w.shape} at {size}")
+                raise AssertionError(f"{network.name}.{name}: ONNX shape {g.shape} != torch {w.shape} at {ref.size}")
             err = float(np.max(np.abs(g.astype(np.float64) - w))) if g.size else 0.0
             scale = float(np.max(np.abs(w))) if w.size else 0.0
             worst_abs = max(worst_abs, err)
             worst_rel = max(worst_rel, err / scale if scale > 0 else err)
     return worst_abs, worst_rel
+
+
+def check_graph(
+    path: Path, module: torch.nn.Module, network: Network, sizes: Sequence[tuple[int, int, int]], seed: int = 1
+) -> tuple[float, float]:
+    """Compare the graph with the module at each (batch, height, width): worst absolute and relative errors."""
+    return compare_graph(path, network, reference_outputs(module, network, sizes, seed))

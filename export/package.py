@@ -6,6 +6,7 @@ is exported and checked; a failure removes it, so no package that looks complete
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import shutil
@@ -21,7 +22,15 @@ from diffrt.runtime.errors import CheckpointError, ConfigError
 from diffrt.runtime.networks import ShapeRange, vae_scale_factor
 
 from . import weights
-from .onnx_export import DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, GraphReport, check_graph, export_graph
+from .onnx_export import (
+    DEFAULT_OPSET,
+    EXTERNAL_DATA_THRESHOLD,
+    GraphReport,
+    Reference,
+    compare_graph,
+    export_graph,
+    reference_outputs,
+)
 from .source import Source
 
 PACKAGE_FORMAT = 1
@@ -108,12 +117,22 @@ def export_package(
         for group, build in build_networks(source):
             progress(group, "loading weights")
             pairs = build()
+            exported: list[tuple[GraphReport, Any, list[Reference]]] = []
+            module = None
             for network, module in pairs:
                 progress(network.name, "exporting")
-                graph = _export_one(module, network, staging, shape_range, options)
-                progress(network.name, f"done in {graph.seconds:.1f} s")
+                graph, references = _export_one(module, network, staging, shape_range, options)
+                progress(network.name, f"exported in {graph.seconds:.1f} s")
+                exported.append((graph, network, references))
+            # The torch modules go before ONNX Runtime loads the graphs: both at once would double peak memory.
+            del pairs, module
+            gc.collect()
+            for graph, network, references in exported:
+                if references:
+                    progress(network.name, "checking against torch")
+                    graph.max_abs_error, graph.max_rel_error = compare_graph(graph.path, network, references)
+                    graph.checked = tuple(r.size for r in references)
                 report.graphs.append(graph)
-            del pairs
         _write_support_files(source, staging, shape_range, options, report)
         if out.exists():
             shutil.rmtree(out)
@@ -127,7 +146,10 @@ def export_package(
     return report
 
 
-def _export_one(module, network, staging: Path, shape_range: ShapeRange, options: ExportOptions) -> GraphReport:
+def _export_one(
+    module, network, staging: Path, shape_range: ShapeRange, options: ExportOptions
+) -> tuple[GraphReport, list[Reference]]:
+    """Export one graph and, when checking, the torch module's outputs to compare it with."""
     m = network.batch_multiplier
     opt = (shape_range.batch[1] * m, shape_range.height[1], shape_range.width[1])
     # Trace at batch 2 or more: a batch of 1 lets the tracer fold broadcasts that a larger batch needs.
@@ -142,13 +164,12 @@ def _export_one(module, network, staging: Path, shape_range: ShapeRange, options
         static_size=shape_range.static_size,
         external_data_threshold=options.external_data_threshold,
     )
-    if options.check:
-        sizes = [(1, shape_range.height[1], shape_range.width[1])]
-        if not shape_range.static_size and not network.fixed_dims:
-            sizes.append((2, shape_range.height[0], shape_range.width[2]))
-        graph.max_abs_error, graph.max_rel_error = check_graph(graph.path, module, network, sizes)
-        graph.checked = tuple(sizes)
-    return graph
+    if not options.check:
+        return graph, []
+    sizes = [(1, shape_range.height[1], shape_range.width[1])]
+    if not shape_range.static_size and not network.fixed_dims:
+        sizes.append((2, shape_range.height[0], shape_range.width[2]))
+    return graph, reference_outputs(module, network, sizes)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
