@@ -7,6 +7,7 @@ saved with their tensors in one ``model.onnx.data`` file beside ``model.onnx``, 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import warnings
@@ -83,13 +84,13 @@ def export_graph(
                 do_constant_folding=True,
                 dynamo=False,
             )
-        model = onnx.load(str(traced), load_external_data=True)
-        weight_bytes = sum(_tensor_bytes(t) for t in model.graph.initializer)
-        external = weight_bytes > external_data_threshold
+        # Over the threshold, torch has written one file per tensor beside the graph: gather them into one file.
+        traced_bytes = sum(p.stat().st_size for p in Path(scratch).iterdir())
+        external = traced_bytes > external_data_threshold
         target = folder / "model.onnx"
         if external:
             onnx.save_model(
-                model,
+                onnx.load(str(traced), load_external_data=True),
                 str(target),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
@@ -99,22 +100,10 @@ def export_graph(
             # onnx writes the data file owner-only; a package is read by whoever serves it, like model.onnx.
             (folder / EXTERNAL_DATA_FILE).chmod(target.stat().st_mode & 0o777)
         else:
-            onnx.save_model(model, str(target))
+            shutil.move(traced, target)
     onnx.checker.check_model(str(target))
     size = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
     return GraphReport(network.name, target, size, time.perf_counter() - start, external)
-
-
-def _tensor_bytes(tensor) -> int:
-    from onnx import external_data_helper, helper
-
-    if external_data_helper.uses_external_data(tensor):
-        info = {e.key: e.value for e in tensor.external_data}
-        return int(info.get("length", 0))
-    if tensor.raw_data:
-        return len(tensor.raw_data)
-    n = int(np.prod(tensor.dims)) if tensor.dims else 1
-    return n * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
 @dataclass
@@ -160,10 +149,3 @@ def compare_graph(path: Path, network: Network, references: Sequence[Reference])
             worst_abs = max(worst_abs, err)
             worst_rel = max(worst_rel, err / scale if scale > 0 else err)
     return worst_abs, worst_rel
-
-
-def check_graph(
-    path: Path, module: torch.nn.Module, network: Network, sizes: Sequence[tuple[int, int, int]], seed: int = 1
-) -> tuple[float, float]:
-    """Compare the graph with the module at each (batch, height, width): worst absolute and relative errors."""
-    return compare_graph(path, network, reference_outputs(module, network, sizes, seed))

@@ -5,20 +5,15 @@ Tiny fixture folders are written in the LDM layout by the independent inverse in
 Real-size architectures are checked on the meta device (shapes only, nothing allocated).
 """
 
-import sys
 from functools import cache
-from pathlib import Path
 
+import ldm_layout
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import ldm_layout  # noqa: E402
-
-from diffrt.export import single_file as sf  # noqa: E402
-from diffrt.runtime.errors import CheckpointError  # noqa: E402
+from diffrt.export import single_file as sf
+from diffrt.runtime.errors import CheckpointError
 
 FIXTURES = {  # fixture name -> (text layout, pipeline class, family)
     "sd1": ("clip", "StableDiffusionPipeline", "sd1"),
