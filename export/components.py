@@ -164,7 +164,7 @@ def depth_input_size(preprocessor: dict[str, Any]) -> tuple[int, int]:
 def build_networks(source: Source) -> list[tuple[str, Any]]:
     """(network name, builder) pairs in export order; each builder returns [(Network, module), ...]."""
     comps = source.components
-    scale = networks.vae_scale_factor(comps["vae"].config) if "vae" in comps else 1
+    scale = source.scale_factor
     plan: list[tuple[str, Any]] = []
     if "text_encoder" in comps:
         plan.append(("text_encoder", lambda: [build_text_encoder(comps["text_encoder"])]))

@@ -19,7 +19,7 @@ from typing import Any
 
 from diffrt import __version__
 from diffrt.runtime.errors import CheckpointError, ConfigError
-from diffrt.runtime.networks import ShapeRange, vae_scale_factor
+from diffrt.runtime.networks import ShapeRange
 
 from . import weights
 from .onnx_export import (
@@ -72,7 +72,7 @@ Progress = Callable[[str, str], None]
 def default_size(source: Source) -> tuple[int, int]:
     """The pixel size the model was trained at: UNet ``sample_size`` times the VAE scale factor."""
     unet = source.components["unet"].config
-    factor = vae_scale_factor(source.components["vae"].config) if "vae" in source.components else 1
+    factor = source.scale_factor
     size = unet.get("sample_size", 64)
     h, w = (size, size) if isinstance(size, int) else size
     return h * factor, w * factor
@@ -92,7 +92,7 @@ def shape_range_for(source: Source, options: ExportOptions) -> ShapeRange:
 def _size_multiple(source: Source) -> int:
     """Sizes must pass the VAE and every UNet downsampling evenly."""
     unet = source.components["unet"].config
-    factor = vae_scale_factor(source.components["vae"].config) if "vae" in source.components else 1
+    factor = source.scale_factor
     return factor * 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
 
 

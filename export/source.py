@@ -59,6 +59,13 @@ class Source:
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent cell (1 for pipelines without a VAE, which work in pixels)."""
+        from diffrt.runtime.networks import vae_scale_factor
+
+        return vae_scale_factor(self.components["vae"].config) if "vae" in self.components else 1
+
 
 def load_source(
     path: str | Path,
