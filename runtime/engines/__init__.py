@@ -1,0 +1,206 @@
+"""Engines: one network of an engine package, ready to run on NumPy arrays.
+
+An :class:`Engine` takes a dict of NumPy feeds and returns a dict of NumPy outputs; pipelines see nothing else of
+the backend. :func:`load_engine` opens a network folder of an engine package (``<package>/unet/model.onnx``) or an
+``.onnx`` file and picks the backend:
+
+- ``"auto"``: TensorRT plans, then ONNX Runtime's CUDA provider, then its CPU provider; the choice and the reason
+  each earlier candidate was skipped are logged at INFO on the ``diffrt.engines`` logger;
+- ``"cpu"`` / ``"cuda"``: ONNX Runtime's CPU / CUDA execution provider;
+- an ONNX Runtime provider name (``"CUDAExecutionProvider"``, ``"OpenVINOExecutionProvider"``, ...).
+
+The TensorRT backend (``engines/<gpu>-trt<version>/`` plans) is not part of this release; it will implement the same
+protocol and slot in where :func:`load_engine` names it. This module imports neither torch nor onnxruntime:
+onnxruntime is imported when the first ONNX Runtime engine is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import ConfigError, PackageError, check_choice
+
+logger = logging.getLogger("diffrt.engines")
+
+MODEL_FILE = "model.onnx"
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+# Names a user may reach for before the TensorRT backend exists; they get a clear "not yet" instead of "unknown".
+TENSORRT_NAMES = ("tensorrt", "trt")
+
+__all__ = [
+    "Engine",
+    "GRAPH_OPTIMIZATIONS",
+    "MODEL_FILE",
+    "SessionSettings",
+    "TensorInfo",
+    "load_engine",
+    "model_file",
+    "network_name",
+    "usable_cores",
+]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output as the graph declares it.
+
+    ``shape`` holds ints for fixed dimensions and symbolic names (or ``None`` when unnamed) for dynamic ones.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One network ready to run: NumPy feeds in, NumPy outputs out (floating outputs as float32)."""
+
+    name: str
+    provider: str
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the network on ``feeds`` (input name -> array) and return the requested outputs by name."""
+        ...
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How a session is set up, with defaults for a server that also does NumPy work between runs.
+
+    - ``intra_op_threads``: threads one operator may use; ``None`` means the cores this process may run on. An
+      explicit count also keeps ONNX Runtime from pinning its threads to cores, which hurts several workers per host.
+    - ``inter_op_threads``: threads running independent operators at once; 1, since execution is sequential.
+    - ``spinning``: whether idle intra/inter-op threads busy-wait for work. ONNX Runtime's default is to spin, which
+      takes cores away from the NumPy scheduler and other requests between runs, so it is off here.
+    - ``graph_optimization``: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"`` (ONNX Runtime's default).
+    - ``log_level``: ONNX Runtime's log severity, 0 (verbose) to 4 (fatal); 3 shows errors only.
+    - ``memory_arena``: keep freed CPU memory in ONNX Runtime's arena for the next run (faster; the process keeps
+      its peak memory). Off returns it to the allocator, for hosts that hold many models.
+    - ``memory_pattern``: plan each input shape's allocations once and reuse the plan (ONNX Runtime's default).
+    - ``device_id``: the CUDA device an engine on the CUDA provider runs on.
+    - ``config_entries``: further ONNX Runtime session config entries (key, value), applied last so they override
+      the above; a mapping is accepted.
+    """
+
+    intra_op_threads: int | None = None
+    inter_op_threads: int = 1
+    spinning: bool = False
+    graph_optimization: str = "all"
+    log_level: int = 3
+    memory_arena: bool = True
+    memory_pattern: bool = True
+    device_id: int = 0
+    config_entries: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads is not None and not _positive_int(self.intra_op_threads):
+            raise ConfigError(
+                f"intra_op_threads={self.intra_op_threads!r} is not accepted; give a positive int or None."
+            )
+        if not _positive_int(self.inter_op_threads):
+            raise ConfigError(f"inter_op_threads={self.inter_op_threads!r} is not accepted; give a positive int.")
+        check_choice("graph_optimization", self.graph_optimization, GRAPH_OPTIMIZATIONS, "SessionSettings")
+        check_choice("log_level", self.log_level, (0, 1, 2, 3, 4), "SessionSettings")
+        if not (isinstance(self.device_id, int) and self.device_id >= 0):
+            raise ConfigError(f"device_id={self.device_id!r} is not accepted; give a CUDA device index (int >= 0).")
+        entries = self.config_entries
+        pairs = entries.items() if isinstance(entries, Mapping) else entries
+        # A tuple of str pairs keeps the frozen settings hashable whatever form the caller gave.
+        object.__setattr__(self, "config_entries", tuple((str(k), str(v)) for k, v in pairs))
+
+    @property
+    def intra_op_thread_count(self) -> int:
+        """The intra-op thread count a session gets: the explicit setting or the cores this process may use."""
+        return self.intra_op_threads if self.intra_op_threads is not None else usable_cores()
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """The ``.onnx`` file at ``path``: the path itself, or ``model.onnx`` in it when it is a folder."""
+    path = Path(path)
+    model = path / MODEL_FILE if path.is_dir() else path
+    if not model.is_file():
+        raise PackageError(
+            f"{model} does not exist; give a network folder of an engine package holding {MODEL_FILE} "
+            "or the path of an .onnx file."
+        )
+    return model
+
+
+def network_name(model: Path) -> str:
+    """The network's name: its folder's in a package (``unet/model.onnx`` -> ``unet``), else the file's stem."""
+    return model.parent.name if model.name == MODEL_FILE and model.parent.name else model.stem
+
+
+def load_engine(
+    path: str | os.PathLike,
+    provider: str = "auto",
+    settings: SessionSettings | None = None,
+    name: str | None = None,
+) -> Engine:
+    """Open the network at ``path`` (a package's network folder or an ``.onnx`` file) on ``provider``.
+
+    ``provider`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or an ONNX Runtime provider name; ``name`` defaults to the
+    network folder's name. External data (``model.onnx.data``) beside the graph is read from there.
+    """
+    model = model_file(path)
+    name = name or network_name(model)
+    settings = settings or SessionSettings()
+    if not isinstance(provider, str):
+        raise ConfigError(
+            f"provider={provider!r} for {name} is not a string; give 'auto', 'cpu', 'cuda' or an ONNX Runtime provider."
+        )
+    if provider.lower() in TENSORRT_NAMES:
+        raise ConfigError(
+            f"provider={provider!r} for {name}: the TensorRT backend is not part of this release; "
+            "use 'auto', 'cpu', 'cuda' or an ONNX Runtime provider name."
+        )
+    ort = _ort_backend()
+    if provider != "auto":
+        ort.resolve_provider(provider, owner=name, extra=("auto",))  # here, so its error lists 'auto' too
+        return ort.OrtEngine(model, provider, settings, name)
+    # The auto chain: TensorRT plans first once that backend exists, then ONNX Runtime's providers.
+    skipped = [("TensorRT", "the TensorRT backend is not part of this release")]
+    chosen, ort_skipped = ort.auto_provider()
+    skipped += ort_skipped
+    reasons = "; ".join(f"{candidate}: {why}" for candidate, why in skipped)
+    logger.info("%s: provider 'auto' chose ONNX Runtime %s (skipped %s)", name, chosen, reasons)
+    return ort.OrtEngine(model, chosen, settings, name, fallback_to_cpu=True)
+
+
+def _ort_backend() -> ModuleType:
+    # Imported late so this package (and the TensorRT backend to come) loads without onnxruntime.
+    try:
+        from . import ort
+    except ImportError as error:
+        if error.name != "onnxruntime":
+            raise
+        raise ImportError(
+            "onnxruntime is not installed; install diffrt[cpu] (onnxruntime) or diffrt[gpu] (onnxruntime-gpu)."
+        ) from error
+    return ort

@@ -1,0 +1,243 @@
+"""The ONNX Runtime backend: :class:`OrtEngine` runs one ONNX graph in one ``onnxruntime.InferenceSession``.
+
+The session is created once and shared: ``InferenceSession.run`` may be called from several threads at once, and
+:meth:`OrtEngine.run` keeps no state between calls, so one engine serves concurrent requests without a lock.
+ONNX Runtime's own fallback (which prints to stdout and, on a provider failure during ``run``, rebuilds the session
+on the CPU under the feet of other threads) is turned off; a provider that does not start is handled here instead:
+an error when it was asked for by name, a warning and the CPU provider under ``provider="auto"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from ..errors import ConfigError, PackageError
+from . import SessionSettings, TensorInfo, logger, model_file, network_name
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+ALIASES = {"cpu": CPU, "cuda": CUDA}
+# The onnxruntime build that ships a provider, named in the error when the installed build lacks it.
+PROVIDER_PACKAGES = {
+    CUDA: "onnxruntime-gpu (pip install 'diffrt[gpu]')",
+    "TensorrtExecutionProvider": "onnxruntime-gpu (pip install 'diffrt[gpu]')",
+    "DmlExecutionProvider": "onnxruntime-directml",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+}
+# ONNX element types NumPy can hold; bfloat16 and the float8 types have no NumPy dtype.
+DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint64)": np.uint64,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+OPTIMIZATION_LEVELS = {
+    "disable": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# What ONNX Runtime raises for a graph file it cannot read or build; anything else propagates unchanged.
+LOAD_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NoModel,
+    ort_state.NotImplemented,
+)
+SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
+def available_providers() -> list[str]:
+    """The execution providers the installed onnxruntime offers, in its order of preference."""
+    return list(onnxruntime.get_available_providers())
+
+
+def _lacking(provider: str, ort_name: str, owner: str) -> ConfigError:
+    package = PROVIDER_PACKAGES.get(ort_name)
+    hint = f"{package} provides it" if package else "install an onnxruntime build that provides it"
+    return ConfigError(
+        f"provider={provider!r} for {owner} needs ONNX Runtime's {ort_name}, which the installed onnxruntime "
+        f"{onnxruntime.__version__} does not offer (it offers {', '.join(available_providers())}); {hint}."
+    )
+
+
+def resolve_provider(provider: str, owner: str, extra: tuple[str, ...] = ()) -> str:
+    """The ONNX Runtime provider name for ``provider`` ("cpu", "cuda" or a provider name the installed build offers).
+
+    ``extra`` lists further values the caller accepts, for the error message.
+    """
+    offered = available_providers()
+    ort_name = ALIASES.get(provider.lower(), provider)
+    if ort_name in offered:
+        return ort_name
+    if ort_name in onnxruntime.get_all_providers():
+        raise _lacking(provider, ort_name, owner)
+    accepted = ", ".join(repr(value) for value in (*extra, *ALIASES, *offered))
+    raise ConfigError(f"provider={provider!r} is not supported for {owner}; accepted values: {accepted}.")
+
+
+def auto_provider() -> tuple[str, list[tuple[str, str]]]:
+    """ONNX Runtime's part of the ``"auto"`` chain: CUDA where offered, else CPU; with the skipped and why."""
+    if CUDA in available_providers():
+        return CUDA, []
+    why = f"the installed onnxruntime {onnxruntime.__version__} does not offer it (onnxruntime-gpu does)"
+    return CPU, [(CUDA, why)]
+
+
+def session_options(settings: SessionSettings) -> onnxruntime.SessionOptions:
+    """``settings`` as ONNX Runtime session options (sequential execution)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_thread_count
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[settings.graph_optimization]
+    options.log_severity_level = settings.log_level
+    options.enable_cpu_mem_arena = settings.memory_arena
+    options.enable_mem_pattern = settings.memory_pattern
+    entries = dict.fromkeys(SPINNING_KEYS, "1" if settings.spinning else "0")
+    entries.update(settings.config_entries)  # merged first: ORT warns when a key is added twice
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+class OrtEngine:
+    """One ONNX graph in one ONNX Runtime session; implements :class:`~diffrt.runtime.engines.Engine`.
+
+    ``provider`` is "cpu", "cuda" or a provider name the installed onnxruntime offers (use
+    :func:`~diffrt.runtime.engines.load_engine` for "auto"). Nodes the provider cannot run fall back to the CPU
+    provider, as ONNX Runtime partitions graphs. When the provider itself does not start, the engine raises
+    ConfigError, or with ``fallback_to_cpu`` logs a warning and runs on the CPU. ``session`` is the
+    ``onnxruntime.InferenceSession``, public for advanced use (IO binding, profiling).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        provider: str = CPU,
+        settings: SessionSettings | None = None,
+        name: str | None = None,
+        *,
+        fallback_to_cpu: bool = False,
+    ) -> None:
+        self.model_path: Path = model_file(model_path)
+        self.name: str = name or network_name(self.model_path)
+        self.settings: SessionSettings = settings or SessionSettings()
+        requested = resolve_provider(provider, owner=self.name)
+        self.session = self._create_session(requested)
+        self.provider: str = self.session.get_providers()[0]
+        if self.provider != requested:
+            if not fallback_to_cpu:
+                raise ConfigError(
+                    f"provider={provider!r} for {self.name}: onnxruntime offers {requested} but could not start it "
+                    f"(its log says why, usually missing CUDA or cuDNN libraries) and would run on {self.provider}; "
+                    "use provider='cpu' or 'auto' to accept that."
+                )
+            logger.warning(
+                "%s: onnxruntime could not start %s (its log says why, usually missing CUDA or cuDNN libraries); "
+                "running on %s",
+                self.name,
+                requested,
+                self.provider,
+            )
+        self.inputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_inputs()}
+        self.outputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_outputs()}
+
+    def _create_session(self, provider: str) -> onnxruntime.InferenceSession:
+        providers: list = [CPU]
+        if provider == CUDA:
+            providers = [(CUDA, {"device_id": str(self.settings.device_id)}), CPU]
+        elif provider != CPU:
+            providers = [provider, CPU]
+        try:
+            # A path, not bytes: ONNX Runtime then finds external data (model.onnx.data) beside the graph.
+            return onnxruntime.InferenceSession(
+                str(self.model_path),
+                sess_options=session_options(self.settings),
+                providers=providers,
+                enable_fallback=0,
+            )
+        except LOAD_ERRORS as error:
+            raise PackageError(
+                f"onnxruntime could not load {self.model_path} (network {self.name}) on {provider}: {error}"
+            ) from error
+
+    def _tensor_info(self, arg: onnxruntime.NodeArg) -> TensorInfo:
+        dtype = DTYPES.get(arg.type)
+        if dtype is None:
+            raise PackageError(
+                f"{self.model_path}: {arg.name!r} is a {arg.type}, which NumPy cannot hold; diffrt accepts graphs "
+                f"whose inputs and outputs are {', '.join(DTYPES)}."
+            )
+        return TensorInfo(arg.name, np.dtype(dtype), tuple(arg.shape))
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph on ``feeds``; return ``output_names`` (default: all outputs), floating ones as float32.
+
+        Each feed is cast to the dtype the graph declares (float32 arrays feed a float16 graph, int64 token ids
+        an int32 one); a float feed of an integer input must hold whole numbers.
+        """
+        names = self._output_names(output_names)
+        missing = [name for name in self.inputs if name not in feeds]
+        unknown = [name for name in feeds if name not in self.inputs]
+        if missing or unknown:
+            problems = [f"lack {', '.join(map(repr, missing))}"] if missing else []
+            problems += [f"name unknown inputs {', '.join(map(repr, unknown))}"] if unknown else []
+            raise ConfigError(
+                f"The feeds of {self.name} {' and '.join(problems)}; {self.name} takes "
+                f"{', '.join(str(info) for info in self.inputs.values())}."
+            )
+        prepared = {name: self._cast(info, feeds[name]) for name, info in self.inputs.items()}
+        results = self.session.run(names, prepared)
+        # Pipelines do their NumPy work in float32 whatever precision the graph computes in.
+        return {
+            name: result.astype(np.float32) if result.dtype.kind == "f" and result.dtype != np.float32 else result
+            for name, result in zip(names, results)
+        }
+
+    def _output_names(self, output_names: Sequence[str] | None) -> list[str]:
+        if output_names is None:
+            return list(self.outputs)
+        names = [output_names] if isinstance(output_names, str) else list(output_names)
+        unknown = [name for name in names if name not in self.outputs]
+        if unknown or not names:
+            raise ConfigError(
+                f"output_names={names!r} is not accepted for {self.name}; it gives {', '.join(self.outputs)}."
+            )
+        return names
+
+    def _cast(self, info: TensorInfo, value: np.ndarray) -> np.ndarray:
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and info.dtype.kind in "iub" and not np.array_equal(array, np.trunc(array)):
+            # A silent cast would truncate (timestep 999.5 -> 999); whole-number floats are fine.
+            raise ConfigError(
+                f"{self.name} input {info.name!r} is {info.dtype.name} but was fed {array.dtype.name} values that "
+                "are not whole numbers; give integers."
+            )
+        declared = info.shape
+        if len(declared) != array.ndim or any(
+            isinstance(dim, int) and dim != size for dim, size in zip(declared, array.shape)
+        ):
+            raise ConfigError(f"{self.name} input {info.name!r} has shape {array.shape}; the graph takes {info}.")
+        return np.ascontiguousarray(array, dtype=info.dtype)
+
+    def __repr__(self) -> str:
+        inputs = ", ".join(str(info) for info in self.inputs.values())
+        outputs = ", ".join(str(info) for info in self.outputs.values())
+        return f"OrtEngine(name={self.name!r}, provider={self.provider!r}, inputs=[{inputs}], outputs=[{outputs}])"

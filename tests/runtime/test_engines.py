@@ -1,0 +1,338 @@
+"""The Engine protocol and its ONNX Runtime backend, on tiny graphs built here with onnx.helper."""
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from diffrt.runtime.engines import Engine, SessionSettings, TensorInfo, load_engine, usable_cores
+from diffrt.runtime.engines.ort import OrtEngine
+from diffrt.runtime.errors import ConfigError, PackageError
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((8, 5)).astype(np.float32)
+B = RNG.standard_normal(5).astype(np.float32)
+
+
+def save(model: onnx.ModelProto, folder, external: bool = False):
+    """Write ``model`` as ``folder/model.onnx`` (weights in ``model.onnx.data`` when ``external``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.checker.check_model(model)
+    path = folder / "model.onnx"
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    else:
+        onnx.save(model, path)
+    return folder
+
+
+def affine_model(elem=TensorProto.FLOAT, dtype=np.float32) -> onnx.ModelProto:
+    """y = x @ W + b with a dynamic batch axis; ``elem``/``dtype`` set the graph's precision."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+        "affine",
+        [helper.make_tensor_value_info("x", elem, ["batch", 8])],
+        [helper.make_tensor_value_info("y", elem, ["batch", 5])],
+        [numpy_helper.from_array(W.astype(dtype), "W"), numpy_helper.from_array(B.astype(dtype), "B")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def embedding_model(elem) -> onnx.ModelProto:
+    """Token ids (``elem``: int64 or int32) -> rows of a float table, and the ids back out doubled."""
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["embeds"]), helper.make_node("Add", ["ids", "ids"], ["twice"])],
+        "embedding",
+        [helper.make_tensor_value_info("ids", elem, ["batch", "sequence"])],
+        [
+            helper.make_tensor_value_info("embeds", TensorProto.FLOAT, ["batch", "sequence", 4]),
+            helper.make_tensor_value_info("twice", elem, ["batch", "sequence"]),
+        ],
+        [numpy_helper.from_array(table, "table")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def two_input_model() -> onnx.ModelProto:
+    """sum = a + b, product = a * b; a fixed trailing axis of 3."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["product"])],
+        "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("sum", "product")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def affine_dir(tmp_path_factory):
+    return save(affine_model(), tmp_path_factory.mktemp("pkg") / "unet")
+
+
+@pytest.fixture(scope="module")
+def affine(affine_dir):
+    return load_engine(affine_dir, provider="cpu")
+
+
+def test_outputs_equal_numpy_and_engine_metadata(affine):
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+    out = affine.run({"x": x})
+    assert list(out) == ["y"]
+    np.testing.assert_allclose(out["y"], x @ W + B, rtol=1e-5, atol=1e-5)
+    assert isinstance(affine, Engine)
+    assert affine.name == "unet" and affine.provider == "CPUExecutionProvider"
+    assert affine.inputs == {"x": TensorInfo("x", np.dtype(np.float32), ("batch", 8))}
+    assert affine.outputs["y"].shape == ("batch", 5)
+    assert repr(affine) == (
+        "OrtEngine(name='unet', provider='CPUExecutionProvider', inputs=[x: float32[batch, 8]], "
+        "outputs=[y: float32[batch, 5]])"
+    )
+
+
+def test_folder_path_and_file_path_both_load(affine_dir):
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    by_folder = load_engine(affine_dir, provider="cpu")
+    by_file = load_engine(affine_dir / "model.onnx", provider="cpu", name="denoiser")
+    assert by_file.name == "denoiser"
+    np.testing.assert_array_equal(by_folder.run({"x": x})["y"], by_file.run({"x": x})["y"])
+
+
+def test_external_data_beside_the_graph_loads(tmp_path):
+    folder = save(affine_model(), tmp_path / "text_encoder", external=True)
+    assert (folder / "model.onnx.data").is_file()
+    x = RNG.standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_allclose(load_engine(folder, "cpu").run({"x": x})["y"], x @ W + B, rtol=1e-5, atol=1e-5)
+
+
+def test_float16_graph_takes_float32_feeds_and_returns_float32(tmp_path):
+    engine = load_engine(save(affine_model(TensorProto.FLOAT16, np.float16), tmp_path / "vae_decoder"), "cpu")
+    assert engine.inputs["x"].dtype == np.float16
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    y = engine.run({"x": x})["y"]
+    assert y.dtype == np.float32
+    expected = (x.astype(np.float16) @ W.astype(np.float16) + B.astype(np.float16)).astype(np.float32)
+    np.testing.assert_allclose(y, expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("graph_ids, fed_ids", [(TensorProto.INT32, np.int64), (TensorProto.INT64, np.int32)])
+def test_integer_feeds_are_cast_to_the_declared_width(tmp_path, graph_ids, fed_ids):
+    engine = load_engine(save(embedding_model(graph_ids), tmp_path / "text_encoder"), "cpu")
+    declared = np.int32 if graph_ids == TensorProto.INT32 else np.int64
+    assert engine.inputs["ids"].dtype == declared
+    ids = np.array([[1, 2, 9], [0, 3, 3]], dtype=fed_ids)
+    out = engine.run({"ids": ids})
+    np.testing.assert_array_equal(out["embeds"], np.arange(40, dtype=np.float32).reshape(10, 4)[ids])
+    assert out["twice"].dtype == declared  # integer outputs keep the graph's dtype
+    np.testing.assert_array_equal(out["twice"], 2 * ids)
+
+
+def test_whole_number_floats_feed_an_integer_input_and_fractions_are_refused(tmp_path):
+    engine = load_engine(save(embedding_model(TensorProto.INT64), tmp_path / "text_encoder"), "cpu")
+    np.testing.assert_array_equal(engine.run({"ids": np.array([[4.0, 7.0]])})["twice"], [[8, 14]])
+    with pytest.raises(ConfigError, match=r"text_encoder input 'ids' is int64 .* not whole numbers"):
+        engine.run({"ids": np.array([[4.5, 7.0]])})
+
+
+def test_missing_and_unknown_feeds_name_the_engine_and_its_inputs(tmp_path):
+    engine = load_engine(save(two_input_model(), tmp_path / "unet"), "cpu")
+    a = np.ones((1, 3), np.float32)
+    with pytest.raises(ConfigError, match=r"feeds of unet lack 'b'; unet takes a: float32\[batch, 3\], b: float32"):
+        engine.run({"a": a})
+    with pytest.raises(ConfigError, match=r"name unknown inputs 'c'; unet takes a: .*, b: "):
+        engine.run({"a": a, "b": a, "c": a})
+
+
+def test_a_wrong_rank_or_fixed_dimension_names_the_declared_shape(affine):
+    with pytest.raises(ConfigError, match=r"unet input 'x' has shape \(2, 7\); the graph takes x: float32\[batch, 8\]"):
+        affine.run({"x": np.ones((2, 7), np.float32)})
+    with pytest.raises(ConfigError, match=r"has shape \(8,\)"):
+        affine.run({"x": np.ones(8, np.float32)})
+
+
+def test_output_names_select_outputs_and_unknown_ones_are_refused(tmp_path):
+    engine = load_engine(save(two_input_model(), tmp_path / "unet"), "cpu")
+    a, b = np.full((2, 3), 2.0, np.float32), np.full((2, 3), 5.0, np.float32)
+    assert list(engine.run({"a": a, "b": b}, output_names=["product"])) == ["product"]
+    assert list(engine.run({"a": a, "b": b}, output_names="sum")) == ["sum"]
+    np.testing.assert_array_equal(engine.run({"a": a, "b": b}, ["product", "sum"])["product"], a * b)
+    with pytest.raises(
+        ConfigError, match=r"output_names=\['latents'\] is not accepted for unet; it gives sum, product"
+    ):
+        engine.run({"a": a, "b": b}, output_names=["latents"])
+
+
+def test_unknown_provider_lists_the_accepted_values(affine_dir):
+    with pytest.raises(ConfigError, match=r"provider='gpu' is not supported for unet; accepted values: 'auto', "):
+        load_engine(affine_dir, provider="gpu")
+    with pytest.raises(ConfigError) as error:
+        load_engine(affine_dir, provider="gpu")
+    for value in ("'cpu'", "'cuda'", "'CPUExecutionProvider'"):
+        assert value in str(error.value)
+
+
+def test_tensorrt_is_refused_as_not_yet_available(affine_dir):
+    with pytest.raises(ConfigError, match="TensorRT backend is not part of this release"):
+        load_engine(affine_dir, provider="tensorrt")
+
+
+def test_cuda_without_the_cuda_provider_points_to_onnxruntime_gpu(affine_dir, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match=r"provider='cuda' for unet needs ONNX Runtime's CUDAExecutionProvider.*"):
+        load_engine(affine_dir, provider="cuda")
+    with pytest.raises(ConfigError, match=r"onnxruntime-gpu \(pip install 'diffrt\[gpu\]'\) provides it"):
+        load_engine(affine_dir, provider="CUDAExecutionProvider")
+
+
+def test_a_provider_that_is_offered_but_does_not_start(affine_dir, monkeypatch, caplog):
+    # CUDA advertised by the Python API but absent from the build: the session starts on the CPU only.
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
+        with pytest.raises(
+            ConfigError, match=r"provider='cuda' for unet: onnxruntime offers CUDAExecutionProvider but could not start"
+        ):
+            load_engine(affine_dir, provider="cuda")
+    with caplog.at_level(logging.INFO, logger="diffrt.engines"), pytest.warns(UserWarning):
+        engine = load_engine(affine_dir, provider="auto")
+    assert engine.provider == "CPUExecutionProvider"
+    assert "provider 'auto' chose ONNX Runtime CUDAExecutionProvider" in caplog.text
+    assert "could not start CUDAExecutionProvider" in caplog.text
+    assert [r.levelname for r in caplog.records if "could not start" in r.message] == ["WARNING"]
+
+
+def test_auto_picks_cpu_here_and_logs_why_cuda_was_skipped(affine_dir, caplog):
+    assert "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    with caplog.at_level(logging.INFO, logger="diffrt.engines"):
+        engine = load_engine(affine_dir)
+    assert engine.provider == "CPUExecutionProvider"
+    (record,) = [r for r in caplog.records if r.name == "diffrt.engines"]
+    assert record.levelname == "INFO"
+    assert "unet: provider 'auto' chose ONNX Runtime CPUExecutionProvider" in record.message
+    assert "TensorRT: the TensorRT backend is not part of this release" in record.message
+    assert "CUDAExecutionProvider: the installed onnxruntime" in record.message
+    assert "onnxruntime-gpu does" in record.message
+
+
+def test_default_settings_reach_the_session(affine):
+    options = affine.session.get_session_options()
+    assert options.intra_op_num_threads == usable_cores()
+    assert options.inter_op_num_threads == 1
+    assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.log_severity_level == 3
+    assert options.enable_cpu_mem_arena and options.enable_mem_pattern
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_explicit_settings_reach_the_session(affine_dir):
+    settings = SessionSettings(
+        intra_op_threads=3,
+        inter_op_threads=2,
+        spinning=True,
+        graph_optimization="basic",
+        log_level=2,
+        memory_arena=False,
+        memory_pattern=False,
+        config_entries={"session.disable_prepacking": "1", "session.inter_op.allow_spinning": "0"},
+    )
+    options = load_engine(affine_dir, "cpu", settings).session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 2)
+    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert options.log_severity_level == 2
+    assert not options.enable_cpu_mem_arena and not options.enable_mem_pattern
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"  # config_entries win
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+    assert hash(settings) == hash(SessionSettings(**{**settings.__dict__}))  # a mapping is stored as pairs
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("intra_op_threads", 0, "intra_op_threads=0 is not accepted"),
+        ("inter_op_threads", None, "inter_op_threads=None is not accepted"),
+        ("graph_optimization", "max", "accepted values: 'disable', 'basic', 'extended', 'all'"),
+        ("log_level", 7, "log_level=7 is not supported"),
+        ("device_id", -1, "device_id=-1 is not accepted"),
+    ],
+)
+def test_invalid_settings_are_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        SessionSettings(**{field: value})
+
+
+def test_missing_model_raises_package_error_naming_the_path(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(PackageError, match=str(tmp_path / "unet" / "model.onnx")):
+        load_engine(tmp_path / "unet")
+    with pytest.raises(PackageError, match=str(tmp_path / "vae.onnx")):
+        OrtEngine(tmp_path / "vae.onnx")
+
+
+def test_unreadable_graph_or_missing_external_data_raise_package_error(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "model.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(PackageError, match=r"could not load .*model.onnx \(network unet\) on CPUExecutionProvider"):
+        load_engine(tmp_path / "unet", "cpu")
+    folder = save(affine_model(), tmp_path / "vae_encoder", external=True)
+    (folder / "model.onnx.data").unlink()
+    with pytest.raises(PackageError, match="model.onnx.data"):
+        load_engine(folder, "cpu")
+
+
+def test_concurrent_runs_on_one_engine_equal_sequential_runs(tmp_path):
+    weights = RNG.standard_normal((256, 256)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    engine = load_engine(save(model, tmp_path / "unet"), "cpu")
+    feeds = [[RNG.standard_normal((64, 256)).astype(np.float32) for _ in range(20)] for _ in range(2)]
+    expected = [[engine.run({"x": x})["y"] for x in thread_feeds] for thread_feeds in feeds]
+    got: list[list] = [[], []]
+    start = threading.Barrier(2)
+
+    def work(index: int) -> None:
+        start.wait()
+        got[index] = [engine.run({"x": x})["y"] for x in feeds[index]]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for thread_expected, thread_got in zip(expected, got, strict=True):
+        assert len(thread_got) == 20
+        for a, b in zip(thread_expected, thread_got, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_importing_engines_does_not_import_torch(affine_dir):
+    code = f"""
+        import json, sys
+        import numpy as np
+        import diffrt.runtime.engines
+        before = sorted(m for m in ("torch", "onnxruntime") if m in sys.modules)
+        engine = diffrt.runtime.engines.load_engine({str(affine_dir)!r}, "cpu")
+        y = engine.run({{"x": np.ones((1, 8), np.float32)}})["y"]
+        print(json.dumps({{"before": before, "torch": "torch" in sys.modules, "shape": list(y.shape)}}))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"before": [], "torch": False, "shape": [1, 5]}
