@@ -160,7 +160,23 @@ def test_saved_config_loads_in_diffusers(tmp_path):
     ours.save_config(tmp_path)
     reference = diffusers.DPMSolverMultistepScheduler.from_pretrained(tmp_path)
     assert reference.config.use_karras_sigmas and reference.config.beta_schedule == "scaled_linear"
-    assert scheduler_from_config(tmp_path).config == ours.config
+    chosen = lambda config: {k: v for k, v in config.items() if k != "_use_default_values"}
+    assert chosen(scheduler_from_config(tmp_path).config) == chosen(ours.config)
+
+
+def test_a_config_handed_to_another_scheduler_carries_chosen_fields_not_defaults():
+    file_config = {**SD_CONFIG, "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True}
+    for source in (SCHEDULERS["PNDMScheduler"], diffusers.PNDMScheduler):
+        pndm = source.from_config(file_config)
+        ours = SCHEDULERS["DDIMScheduler"].from_config(pndm.config)
+        reference = diffusers.DDIMScheduler.from_config(pndm.config)
+        assert ours.config.clip_sample is False and reference.config.clip_sample is False  # kept though PNDM ignores it
+        dpm = SCHEDULERS["DPMSolverMultistepScheduler"].from_config(pndm.config)
+        assert dpm.config.timestep_spacing == "linspace"  # PNDM's default "leading" is not forced on
+        dpm.set_timesteps(4)
+        ref = diffusers.DPMSolverMultistepScheduler.from_config(pndm.config)
+        ref.set_timesteps(4)
+        np.testing.assert_array_equal(dpm.timesteps, ref.timesteps.numpy())
 
 
 def test_missing_or_unknown_scheduler_config_is_a_clear_error(tmp_path):

@@ -24,6 +24,7 @@ from ..errors import ConfigError, PackageError
 logger = logging.getLogger("diffrt.schedulers")
 
 CONFIG_NAME = "scheduler_config.json"
+DEFAULTED = "_use_default_values"  # diffusers' name for the config fields that took their defaults
 
 # Every scheduler class, by diffusers class name; filled by Scheduler.__init_subclass__.
 SCHEDULERS: dict[str, type[Scheduler]] = {}
@@ -111,10 +112,16 @@ class Scheduler:
 
         Fields this scheduler does not use are ignored: silently when another scheduler uses them (configs are
         shared between compatible schedulers, as in diffusers), with a warning when no scheduler knows them.
+
+        As in diffusers, the new ``config`` keeps the fields other schedulers use (``B.from_config(a.config)``
+        carries the file's ``clip_sample`` on to B), and lists in ``_use_default_values`` the fields that took
+        defaults: a config handed to another scheduler passes on only values that were chosen, never A's defaults.
         """
         if not isinstance(config, Mapping):
             config = load_config(config)
-        merged = {**config, **overrides}
+        config = dict(config)
+        defaulted = set(config.pop(DEFAULTED, None) or ())
+        merged = {**{k: v for k, v in config.items() if k not in defaulted}, **overrides}
         fields = cls.config_fields()
         unknown = sorted(k for k in merged if k not in fields and not k.startswith("_") and k not in _known_fields())
         if unknown:
@@ -123,7 +130,9 @@ class Scheduler:
                 cls.__name__,
                 ", ".join(unknown),
             )
-        return cls(**{k: v for k, v in merged.items() if k in fields})
+        scheduler = cls(**{k: v for k, v in merged.items() if k in fields})
+        scheduler._rewrite_config(**{k: v for k, v in merged.items() if k not in fields and k in _known_fields()})
+        return scheduler
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = "scheduler") -> Scheduler:
@@ -137,7 +146,8 @@ class Scheduler:
         """Write ``scheduler_config.json`` as diffusers writes it (with ``_class_name``)."""
         out = Path(folder) / CONFIG_NAME
         out.parent.mkdir(parents=True, exist_ok=True)
-        data = {"_class_name": type(self).__name__, **_jsonable(dict(self.config))}
+        fields = {k: v for k, v in self.config.items() if k != DEFAULTED}
+        data = {"_class_name": type(self).__name__, **_jsonable(fields)}
         out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return out
 
@@ -146,7 +156,7 @@ class Scheduler:
         return list(SCHEDULERS.values())
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
 
     def __len__(self) -> int:
@@ -273,8 +283,10 @@ def _recording_config(init):
                 bound = signature.bind(self, *args, **kwargs)
             except TypeError as error:
                 raise ConfigError(f"{type(self).__name__}: {error}") from None
+            given = set(bound.arguments)
             bound.apply_defaults()
             values = {k: v for k, v in bound.arguments.items() if k != "self"}
+            values[DEFAULTED] = sorted(k for k in values if k not in given)
             object.__setattr__(self, "config", SchedulerConfig(values))
         init(self, *args, **kwargs)
 
