@@ -106,12 +106,25 @@ def _export(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    from diffrt.runtime.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from diffrt.runtime.cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run). Later stages register export, generate, engines, bench here.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("show versions and available execution backends", _add_info, _info),
     "schedulers": ("list schedulers, or show a package's schedule", _add_schedulers, _schedulers),
     "tokenize": ("print CLIP token ids of a prompt", _add_tokenize, _tokenize),
     "export": ("export a diffusers folder or single-file checkpoint to an engine package", _add_export, _export),
+    "generate": ("generate images with an engine package (torch-free)", _add_generate, _generate),
 }
 
 

@@ -7,16 +7,10 @@ when the command runs.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write HEIGHTxWIDTH, e.g. 512x512")
-    return int(match.group(1)), int(match.group(2))
+from ..runtime.cli import parse_size
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,8 +1,39 @@
-"""The torch-free runtime: schedulers, tokenizer and (later) engines and pipelines. Never imports torch."""
+"""The torch-free runtime: engine packages, engines, schedulers, tokenizer and pipelines. Never imports torch.
+
+Pipelines and engines are imported on first use (``from diffrt.runtime import StableDiffusionPipeline``), so
+importing the package stays light for tools that only need schedulers or the tokenizer.
+"""
+
+import importlib
 
 from .errors import ConfigError, DiffrtError, PackageError
 from .schedulers import SCHEDULERS, SchedulerOutput, scheduler_from_config
 from .tokenizer import CLIPTokenizer, TokenizedPrompts
+
+_LAZY = {
+    "AutoPipelineForImage2Image": ".pipelines",
+    "AutoPipelineForInpainting": ".pipelines",
+    "AutoPipelineForText2Image": ".pipelines",
+    "DDPMPipeline": ".pipelines",
+    "DiffusionPipeline": ".pipelines",
+    "StableDiffusionDepth2ImgPipeline": ".pipelines",
+    "StableDiffusionImg2ImgPipeline": ".pipelines",
+    "StableDiffusionInpaintPipeline": ".pipelines",
+    "StableDiffusionPipeline": ".pipelines",
+    "EnginePackage": ".package",
+    "Engine": ".engines",
+    "SessionSettings": ".engines",
+    "load_engine": ".engines",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CLIPTokenizer",
@@ -13,4 +44,5 @@ __all__ = [
     "SchedulerOutput",
     "TokenizedPrompts",
     "scheduler_from_config",
+    *_LAZY,
 ]

@@ -7,6 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "schedulers"))
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "export"))
+sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,13 @@ def tokenizer_folders(tmp_path_factory):
         CLIPTokenizer.from_pretrained(source).save_pretrained(target)
         folders[name.replace("vocab-merges", "tokenizer-json")] = target
     return folders
+
+
+@pytest.fixture(scope="session")
+def packages(tiny_models, tmp_path_factory):
+    """Engine packages exported (ONNX, dynamic shapes) from each tiny fixture: sd1, sd2, inpaint, depth, ddpm."""
+    from diffrt.export.package import export_package
+    from diffrt.export.source import load_source
+
+    root = tmp_path_factory.mktemp("packages")
+    return {kind: export_package(load_source(folder), root / kind).path for kind, folder in tiny_models.items()}

@@ -69,5 +69,28 @@ def test_runtime_imports_and_runs_without_torch(tokenizer_folders):
 def test_cli_help_without_torch():
     result = run_blocked("from diffrt.cli import main; raise SystemExit(main(['--help']))")
     assert result.returncode == 0, result.stderr
-    for command in ("info", "schedulers", "tokenize", "export"):
+    for command in ("info", "schedulers", "tokenize", "export", "generate"):
         assert command in result.stdout
+
+
+def test_an_image_is_generated_where_torch_cannot_be_imported(packages, tmp_path):
+    out = tmp_path / "astronaut.png"
+    result = run_blocked(
+        f"""
+        import json, sys
+        from diffrt.runtime import StableDiffusionPipeline, AutoPipelineForInpainting
+        from diffrt.runtime.schedulers import DPMSolverMultistepScheduler
+        pipe = StableDiffusionPipeline.from_pretrained({str(packages["sd1"])!r})
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        image = pipe("a photograph of an astronaut riding a horse", num_inference_steps=3, generator=0).images[0]
+        image.save({str(out)!r})
+        inpaint = AutoPipelineForInpainting.from_pipe(pipe)
+        filled = inpaint("a horse", image=image, mask_image=image.convert("L"), num_inference_steps=2).images[0]
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "scipy"))
+        print(json.dumps({{"size": list(image.size), "filled": list(filled.size), "heavy": heavy}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"size": [32, 32], "filled": [32, 32], "heavy": []}
+    assert out.stat().st_size > 0

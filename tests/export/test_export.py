@@ -46,12 +46,6 @@ BATCHES = [1, 3]
 RTOL = 1e-4
 
 
-@pytest.fixture(scope="session")
-def packages(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("packages")
-    return {kind: export_package(load_source(tiny_models[kind]), root / kind).path for kind in KINDS}
-
-
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -1,0 +1,132 @@
+"""``diffrt generate``: run a package's pipeline from the command line (torch-free).
+
+The task follows the arguments: ``--mask`` inpaints, ``--image`` redraws an image, otherwise text-to-image;
+a DDPM package generates unconditionally. The pipeline class comes from AutoPipeline, as in Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x768"`` -> (512, 768): height then width, in pixels."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write HEIGHTxWIDTH, e.g. 512x512")
+    return int(match.group(1)), int(match.group(2))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", help="an engine package folder (from `diffrt export`)")
+    p.add_argument("prompt", nargs="?", help="what to draw (not used by unconditional DDPM packages)")
+    p.add_argument("--negative", metavar="TEXT", help="negative prompt: what to steer away from")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; DDPM: 1000)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+    p.add_argument("--size", type=parse_size, metavar="HxW", help="image size in pixels (text-to-image, inpainting)")
+    p.add_argument(
+        "--image", type=Path, metavar="IN.png", help="input image: image-to-image, or inpainting with --mask"
+    )
+    p.add_argument("--mask", type=Path, metavar="MASK.png", help="inpainting mask: white is repainted, black kept")
+    p.add_argument("--strength", type=float, default=None, help="how much of --image to redraw, 0 to 1")
+    p.add_argument("--scheduler", metavar="NAME", help="scheduler class to use instead of the package's")
+    p.add_argument("--num-images", type=int, default=1, help="images to make for the prompt (default 1)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out.png"),
+        help="output file (default out.png); several images are written as out-0.png, out-1.png, ...",
+    )
+    p.add_argument("--provider", default="auto", help='execution provider: "auto" (default), "cpu", "cuda"')
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per engine (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engines import SessionSettings
+    from .errors import ConfigError
+    from .package import EnginePackage
+    from .pipelines import (
+        AutoPipelineForImage2Image,
+        AutoPipelineForInpainting,
+        AutoPipelineForText2Image,
+        DDPMPipeline,
+    )
+    from .schedulers import SCHEDULERS
+
+    if args.mask is not None and args.image is None:
+        raise ConfigError("--mask needs --image: the image to inpaint.")
+    settings = SessionSettings(intra_op_threads=args.threads)
+    start = time.perf_counter()
+    package = EnginePackage(args.package, provider=args.provider, session_settings=settings)
+    if package.pipeline_class == "DDPMPipeline":
+        pipe, task = DDPMPipeline(package), "unconditional"
+    else:
+        auto = AutoPipelineForInpainting if args.mask else AutoPipelineForImage2Image if args.image else None
+        auto = auto or AutoPipelineForText2Image
+        pipe = auto.pipeline_class(package.pipeline_class)(package)
+        task = auto.task
+        if args.prompt is None:
+            raise ConfigError(f"prompt is missing; {task} with {type(pipe).__name__} needs one.")
+    if args.scheduler:
+        if args.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {args.scheduler!r} is unknown; accepted: {', '.join(sorted(SCHEDULERS))}.")
+        pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
+    loaded = time.perf_counter() - start
+
+    kwargs: dict = {"generator": args.seed}
+    if args.steps is not None:
+        kwargs["num_inference_steps"] = args.steps
+    if isinstance(pipe, DDPMPipeline):
+        kwargs["batch_size"] = args.num_images
+    else:
+        kwargs.update(
+            prompt=args.prompt,
+            negative_prompt=args.negative,
+            guidance_scale=args.guidance,
+            num_images_per_prompt=args.num_images,
+        )
+        if args.image is not None:
+            kwargs["image"] = _open_image(args.image, "--image").convert("RGB")
+        if args.mask is not None:
+            kwargs["mask_image"] = _open_image(args.mask, "--mask")
+        if args.strength is not None:
+            kwargs["strength"] = args.strength
+        if args.size is not None:
+            if args.image is not None and args.mask is None:
+                raise ConfigError("--size does not apply to image-to-image: the output takes --image's size.")
+            kwargs["height"], kwargs["width"] = args.size
+    pipe.set_progress_bar_config(desc=task)
+    start = time.perf_counter()
+    images = pipe(**kwargs).images
+    seconds = time.perf_counter() - start
+
+    paths = (
+        [args.out]
+        if len(images) == 1
+        else [args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}") for i in range(len(images))]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for image, path in zip(images, paths):
+        image.save(path)
+    engine = next(iter(pipe.components.values()))
+    print(f"{type(pipe).__name__} on {engine.provider}: loaded in {loaded:.2f} s, generated in {seconds:.2f} s")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _open_image(path: Path, flag: str):
+    import PIL.Image
+
+    from .errors import ConfigError
+
+    try:
+        image = PIL.Image.open(path)
+        image.load()
+    except (OSError, PIL.UnidentifiedImageError) as exc:
+        raise ConfigError(f"{flag} {str(path)!r} is not a readable image ({exc}); accepted: PNG, JPEG, WebP.") from None
+    return image

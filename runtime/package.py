@@ -1,0 +1,122 @@
+"""An engine package on disk: its index, component configs, tokenizer, scheduler and engines.
+
+One :class:`EnginePackage` is shared by every pipeline made from it (``from_pipe`` hands it on), so each engine is
+created once, on first use, and reused. Packages written by ``diffrt export`` and by Optimum's ONNX exporter have
+the same layout (see DESIGN.md) and both load here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from .engines import Engine, SessionSettings, load_engine
+from .errors import ConfigError, PackageError
+from .networks import vae_scale_factor
+from .schedulers import Scheduler, scheduler_from_config
+from .tokenizer import CLIPTokenizer
+
+INDEX_NAME = "model_index.json"
+PROVENANCE_NAME = "diffrt.json"
+NETWORKS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "depth_estimator")
+
+
+class EnginePackage:
+    """A package folder opened for running: engines are created lazily, once, with one provider and settings."""
+
+    def __init__(
+        self, path: str | os.PathLike, provider: str = "auto", session_settings: SessionSettings | None = None
+    ):
+        self.path = Path(path)
+        if not (self.path / INDEX_NAME).is_file():
+            what = "does not exist" if not self.path.exists() else f"has no {INDEX_NAME}"
+            raise PackageError(
+                f"engine package {str(self.path)!r} {what}; accepted: a folder written by `diffrt export` "
+                "(or by Optimum's ONNX exporter) holding model_index.json and one folder per network."
+            )
+        self.index = _read_json(self.path / INDEX_NAME)
+        provenance = self.path / PROVENANCE_NAME
+        self.provenance: dict[str, Any] = _read_json(provenance) if provenance.is_file() else {}
+        self.provider = provider
+        self.session_settings = session_settings or SessionSettings()
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    # ----- what the package holds -------------------------------------------------------------------------------
+    @property
+    def pipeline_class(self) -> str:
+        """The diffusers pipeline class the package was exported from (Optimum's ``ORT`` prefix dropped)."""
+        name = str(self.index.get("_class_name", ""))
+        return name[3:] if name.startswith("ORT") else name
+
+    def has(self, network: str) -> bool:
+        return (self.path / network / "model.onnx").is_file()
+
+    def config(self, component: str) -> dict[str, Any]:
+        """``<component>/config.json`` as a dict; empty when the package has none."""
+        path = self.path / component / "config.json"
+        return _read_json(path) if path.is_file() else {}
+
+    def require(self, networks: tuple[str, ...], pipeline: str) -> None:
+        """Refuse early, naming every network ``pipeline`` needs that the package lacks."""
+        missing = [n for n in networks if not self.has(n)]
+        if missing:
+            raise PackageError(
+                f"engine package {str(self.path)!r} has no {', '.join(f'{n}/model.onnx' for n in missing)}, which "
+                f"{pipeline} needs; it holds {', '.join(n for n in NETWORKS if self.has(n)) or 'no networks'}. "
+                f"Export a checkpoint that has these components, or pick the pipeline that matches the package "
+                f"({self.pipeline_class or 'unknown'})."
+            )
+
+    @property
+    def vae_config(self) -> dict[str, Any]:
+        return self.config("vae_decoder") or self.config("vae_encoder")
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell, from the VAE config the package carries (never assumed to be 8)."""
+        config = self.vae_config
+        return vae_scale_factor(config) if config else 8
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return float(self.vae_config.get("scaling_factor", 0.18215))
+
+    # ----- runtime objects --------------------------------------------------------------------------------------
+    def engine(self, network: str) -> Engine:
+        """The engine of ``network``, created on first use and shared afterwards (thread-safe)."""
+        with self._lock:
+            if network not in self._engines:
+                if not self.has(network):
+                    self.require((network,), f"the {network} engine")
+                self._engines[network] = load_engine(
+                    self.path / network, provider=self.provider, settings=self.session_settings, name=network
+                )
+            return self._engines[network]
+
+    def tokenizer(self) -> CLIPTokenizer:
+        if not (self.path / "tokenizer").is_dir():
+            raise PackageError(f"engine package {str(self.path)!r} has no tokenizer/ folder; text prompts need it.")
+        return CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
+
+    def scheduler(self) -> Scheduler:
+        path = self.path / "scheduler" / "scheduler_config.json"
+        if not path.is_file():
+            raise PackageError(f"engine package {str(self.path)!r} has no scheduler/scheduler_config.json.")
+        return scheduler_from_config(path)
+
+    def __repr__(self) -> str:
+        return f"EnginePackage({str(self.path)!r}, {self.pipeline_class}, provider={self.provider!r})"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{str(path)!r} is not readable JSON ({exc}); re-export the package.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{str(path)!r} holds {type(data).__name__}; accepted: a JSON object.")
+    return data

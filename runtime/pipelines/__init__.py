@@ -1,0 +1,35 @@
+"""Torch-free pipelines over engine packages, with diffusers' class names and call signatures."""
+
+from .auto import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+from .base import DiffusionPipeline, ImagePipelineOutput, StableDiffusionPipelineOutput
+from .ddpm import DDPMPipeline
+from .depth2img import StableDiffusionDepth2ImgPipeline
+from .img2img import StableDiffusionImg2ImgPipeline
+from .inpaint import StableDiffusionInpaintPipeline
+from .text2img import StableDiffusionPipeline
+
+PIPELINES = {
+    cls.__name__: cls
+    for cls in (
+        StableDiffusionPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionDepth2ImgPipeline,
+        DDPMPipeline,
+    )
+}
+
+__all__ = [
+    "PIPELINES",
+    "AutoPipelineForImage2Image",
+    "AutoPipelineForInpainting",
+    "AutoPipelineForText2Image",
+    "DDPMPipeline",
+    "DiffusionPipeline",
+    "ImagePipelineOutput",
+    "StableDiffusionDepth2ImgPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+    "StableDiffusionPipeline",
+    "StableDiffusionPipelineOutput",
+]

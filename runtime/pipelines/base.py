@@ -1,0 +1,97 @@
+"""What every pipeline shares: loading from an engine package, ``from_pipe``, outputs and the progress bar."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..engines import Engine, SessionSettings
+from ..errors import ConfigError
+from ..package import EnginePackage
+from ..progress import ProgressBar
+from ..schedulers import Scheduler
+
+
+@dataclass
+class ImagePipelineOutput:
+    """``images``: a list of PIL images, a (B, H, W, C) float array in [0, 1], or latents, per ``output_type``."""
+
+    images: Any
+
+
+@dataclass
+class StableDiffusionPipelineOutput(ImagePipelineOutput):
+    nsfw_content_detected: list[bool] | None = None
+    """Always None: engine packages carry no safety checker."""
+
+
+class DiffusionPipeline:
+    """Base of the runtime pipelines. Subclasses name the networks they run in ``networks``."""
+
+    networks: ClassVar[tuple[str, ...]] = ()
+    optional_networks: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, package: EnginePackage, scheduler: Scheduler | None = None):
+        package.require(self.networks, type(self).__name__)
+        self.package = package
+        self.scheduler = scheduler if scheduler is not None else package.scheduler()
+        for name in self.networks:  # sessions are created here, once; calls reuse them
+            setattr(self, name, package.engine(name))
+        for name in self.optional_networks:
+            setattr(self, name, package.engine(name) if package.has(name) else None)
+        self._progress_bar_config: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        provider: str = "auto",
+        session_settings: SessionSettings | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> DiffusionPipeline:
+        """Open an engine package. ``provider`` picks the backend ("auto", "cpu", "cuda", or an ONNX Runtime
+        provider name); ``session_settings`` sets threads and spinning for every engine of the package."""
+        return cls(EnginePackage(path, provider=provider, session_settings=session_settings), scheduler=scheduler)
+
+    @classmethod
+    def from_pipe(cls, pipe: DiffusionPipeline, scheduler: Scheduler | None = None) -> DiffusionPipeline:
+        """A pipeline of this class over ``pipe``'s package: engines already created are reused, not reloaded."""
+        if not isinstance(pipe, DiffusionPipeline):
+            raise ConfigError(f"pipe={type(pipe).__name__} is not supported; accepted: a diffrt pipeline.")
+        return cls(pipe.package, scheduler=scheduler if scheduler is not None else pipe.scheduler)
+
+    @property
+    def components(self) -> dict[str, Engine | Scheduler | Any]:
+        names = (*self.networks, *self.optional_networks, "scheduler", "tokenizer")
+        return {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.package.vae_scale_factor
+
+    # ----- progress bar, as diffusers configures it -------------------------------------------------------------
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """``disable=True`` silences the bar; ``desc`` labels it; ``file`` redirects it."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, total: int) -> ProgressBar:
+        allowed = {k: v for k, v in self._progress_bar_config.items() if k in ("disable", "desc", "file")}
+        return ProgressBar(total=total, **allowed)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
+        return f"{type(self).__name__}({str(self.package.path)!r}, {parts})"
+
+
+def check_output_type(output_type: str) -> None:
+    if output_type not in ("pil", "np", "latent"):
+        raise ConfigError(f"output_type={output_type!r} is not supported; accepted: 'pil', 'np', 'latent'.")
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is not supported; accepted: an integer >= {minimum}.")
+    return int(value)
