@@ -13,13 +13,17 @@ JOBS   ?= 2
 MODEL  ?=
 OUT    ?= engines/default
 EXPORT_ARGS ?=
+# make demo [PROMPT="..."] [STEPS=20] [DEMO_OUT=build/demo.png]: generate from the package OUT, torch-free.
+PROMPT ?= a photograph of an astronaut riding a horse
+STEPS  ?= 20
+DEMO_OUT ?= build/demo.png
 
 .PHONY: help install test test-fast engines demo bench lint clean interop-optimum
 
 help:
 	@echo "make test     create .venv if missing, install diffrt[dev] (torch pinned), run the test suite"
 	@echo "make engines  export MODEL (default: a tiny deterministic SD model) to the package OUT (engines/default)"
-	@echo "make demo     generate an image with the default package (needs the export stage)"
+	@echo "make demo     build the default package, then generate DEMO_OUT (build/demo.png) from PROMPT with it"
 	@echo "make lint     ruff over the sources"
 	@echo "make clean    remove the virtual environment and caches"
 
@@ -53,8 +57,7 @@ else
 endif
 
 demo: engines
-	@echo "make demo: the package is built in $(OUT); generating from it arrives with the runtime pipelines." >&2
-	@exit 1
+	$(PY) -m diffrt generate $(OUT) "$(PROMPT)" --steps $(STEPS) --seed 0 --out $(DEMO_OUT)
 
 bench: $(STAMP)
 	@echo "make bench: the benchmarks arrive with the export stage and pipelines." >&2

@@ -235,7 +235,7 @@ class OrtEngine:
             isinstance(dim, int) and dim != size for dim, size in zip(declared, array.shape)
         ):
             raise ConfigError(f"{self.name} input {info.name!r} has shape {array.shape}; the graph takes {info}.")
-        return np.ascontiguousarray(array, dtype=info.dtype)
+        return np.asarray(array, dtype=info.dtype, order="C")  # ascontiguousarray would make a scalar 1-D
 
     def __repr__(self) -> str:
         inputs = ", ".join(str(info) for info in self.inputs.values())

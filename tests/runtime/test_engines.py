@@ -336,3 +336,20 @@ def test_importing_engines_does_not_import_torch(affine_dir):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"before": [], "torch": False, "shape": [1, 5]}
+
+
+def test_a_scalar_input_reaches_the_graph_as_a_scalar(tmp_path):
+    """A 0-d feed must stay 0-d: Optimum's UNet broadcasts a scalar timestep, and a (1,) one breaks at batch 2."""
+    x = helper.make_tensor_value_info("t", TensorProto.FLOAT, [])
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["t"], ["rank_shape"]), helper.make_node("Identity", ["t"], ["same"])],
+        "scalar",
+        [x],
+        [
+            helper.make_tensor_value_info("rank_shape", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, []),
+        ],
+    )
+    engine = load_engine(save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "s"))
+    out = engine.run({"t": np.array(981.0, dtype=np.float64)})
+    assert out["rank_shape"].shape == (0,) and out["same"].shape == () and out["same"] == np.float32(981.0)
