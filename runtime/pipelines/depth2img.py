@@ -11,7 +11,6 @@ import PIL.Image
 from ..dpt_processor import DPTImageProcessor
 from ..errors import ConfigError
 from ..image_processor import interpolate_bicubic
-from ..schedulers import as_generator
 from .base import StableDiffusionPipelineOutput
 from .img2img import StableDiffusionImg2ImgPipeline
 from .stable_diffusion import Prompt, StepCallback, tile_to_batch
@@ -55,45 +54,29 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionImg2ImgPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> StableDiffusionPipelineOutput:
         """``depth_map``: (B, H, W) relative depth, any resolution; omitted, the package's DPT estimates it."""
-        batch = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         if image is None:
             raise ConfigError("image is missing; accepted: a PIL image, a float array in [0, 1], or a list of them.")
-        scheduler = self.prepare_call(
+        call = self.start_call(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
             guidance_scale,
             guidance_rescale,
             clip_skip,
             output_type,
-            num_images_per_prompt,
-            callback_on_step_end_tensor_inputs,
-        )
-        generator = as_generator(generator)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt,
-            self.do_classifier_free_guidance,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            clip_skip,
-        )
-        total = batch * num_images_per_prompt
-        depth = self.prepare_depth_map(image, depth_map, total)
-        pixels = self.image_processor.preprocess(image)
-        timesteps, steps = self.strength_timesteps(scheduler, num_inference_steps, strength)
-        latents = self.noised_image_latents(scheduler, pixels, timesteps[0], total, generator)
-        latents = self.denoise(
-            scheduler,
-            timesteps,
-            steps,
-            latents,
-            prompt_embeds,
-            negative_prompt_embeds,
             generator,
             eta,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
-            conditioning=("depth_mask",),
-            state={"depth_mask": depth},
+        )
+        depth = self.prepare_depth_map(image, depth_map, call.batch)
+        pixels = self.image_processor.preprocess(image)
+        timesteps, steps = self.strength_timesteps(call.scheduler, num_inference_steps, strength)
+        latents = self.noised_image_latents(call, pixels, timesteps[0])
+        latents = self.denoise(
+            call, timesteps, steps, latents, conditioning=("depth_mask",), state={"depth_mask": depth}
         )
         return self.decode_latents(latents, output_type)
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..schedulers import as_generator, randn
+from ..schedulers import randn
 from .base import StableDiffusionPipelineOutput
-from .stable_diffusion import Prompt, StableDiffusionBase, StepCallback, tile_to_batch
+from .stable_diffusion import Prompt, PromptCall, StableDiffusionBase, StepCallback, tile_to_batch
 
 
 class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
@@ -39,53 +39,37 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
     ) -> StableDiffusionPipelineOutput:
         """``image``: PIL image(s) or (H, W, C) / (B, H, W, C) arrays in [0, 1] (sized down to multiples of the
         VAE scale factor), or (B, C, h, w) latents."""
-        batch = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         if image is None:
             raise ConfigError("image is missing; accepted: a PIL image, a float array in [0, 1], or a list of them.")
-        scheduler = self.prepare_call(
+        call = self.start_call(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
             guidance_scale,
             guidance_rescale,
             clip_skip,
             output_type,
-            num_images_per_prompt,
-            callback_on_step_end_tensor_inputs,
-        )
-        generator = as_generator(generator)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt,
-            self.do_classifier_free_guidance,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            clip_skip,
-        )
-        pixels = self.image_processor.preprocess(image)
-        timesteps, steps = self.strength_timesteps(scheduler, num_inference_steps, strength)
-        latents = self.noised_image_latents(scheduler, pixels, timesteps[0], batch * num_images_per_prompt, generator)
-        latents = self.denoise(
-            scheduler,
-            timesteps,
-            steps,
-            latents,
-            prompt_embeds,
-            negative_prompt_embeds,
             generator,
             eta,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )
+        pixels = self.image_processor.preprocess(image)
+        timesteps, steps = self.strength_timesteps(call.scheduler, num_inference_steps, strength)
+        latents = self.noised_image_latents(call, pixels, timesteps[0])
+        latents = self.denoise(call, timesteps, steps, latents)
         return self.decode_latents(latents, output_type)
 
-    def noised_image_latents(
-        self, scheduler, pixels: np.ndarray, timestep: Any, batch: int, generator: np.random.Generator
-    ) -> np.ndarray:
-        """Latents of the image(s), tiled to ``batch`` and noised to ``timestep`` (posterior draw, then noise)."""
+    def noised_image_latents(self, call: PromptCall, pixels: np.ndarray, timestep: Any) -> np.ndarray:
+        """Latents of the image(s), tiled to the call's batch and noised to ``timestep`` (posterior draw, then
+        noise), as diffusers' img2img ``prepare_latents``."""
         if pixels.shape[1] == self.latent_channels:
             latents = pixels.astype(np.float32)
         else:
-            latents = self.encode_image(pixels, generator)
-        latents = tile_to_batch("image", latents, batch)
-        noise = randn(latents.shape, generator)
-        timesteps = np.full((batch,), timestep, dtype=np.asarray(timestep).dtype)
-        return scheduler.add_noise(latents, noise, timesteps).astype(np.float32)
+            latents = self.encode_image(pixels, call.generator)
+        latents = tile_to_batch("image", latents, call.batch)
+        noise = randn(latents.shape, call.generator)
+        timesteps = np.full((call.batch,), timestep, dtype=np.asarray(timestep).dtype)
+        return call.scheduler.add_noise(latents, noise, timesteps).astype(np.float32)

@@ -10,7 +10,7 @@ import PIL.Image
 
 from ..errors import ConfigError
 from ..image_processor import VaeImageProcessor, interpolate_nearest
-from ..schedulers import as_generator, randn
+from ..schedulers import randn
 from .base import StableDiffusionPipelineOutput
 from .stable_diffusion import Prompt, StableDiffusionBase, StepCallback, check_strength, tile_to_batch
 
@@ -58,29 +58,25 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         """``padding_mask_crop=p`` inpaints only the mask's bounding box grown by ``p`` pixels, at full
         resolution, and pastes the result back (PIL image and mask, PIL output)."""
         height, width = self.check_size(height, width)
-        batch = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         check_strength(strength)
         self._check_images(image, mask_image, padding_mask_crop, output_type)
-        scheduler = self.prepare_call(
+        call = self.start_call(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
             guidance_scale,
             guidance_rescale,
             clip_skip,
             output_type,
-            num_images_per_prompt,
+            generator,
+            eta,
+            callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )
-        generator = as_generator(generator)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt,
-            self.do_classifier_free_guidance,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            clip_skip,
-        )
+        scheduler, generator, total = call.scheduler, call.generator, call.batch
         timesteps, steps = self.strength_timesteps(scheduler, num_inference_steps, strength)
-        total = batch * num_images_per_prompt
         if padding_mask_crop is not None:
             crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
             resize_mode = "fill"
@@ -137,16 +133,10 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
             return ((1 - init_mask) * known + init_mask * latents).astype(np.float32)
 
         latents = self.denoise(
-            scheduler,
+            call,
             timesteps,
             steps,
             latents,
-            prompt_embeds,
-            negative_prompt_embeds,
-            generator,
-            eta,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
             conditioning=("mask", "masked_image_latents") if in_channels == 9 else (),
             blend=keep_known_region if keep_known else None,
             state={"mask": mask, "masked_image_latents": masked_image_latents},

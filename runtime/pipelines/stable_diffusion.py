@@ -12,17 +12,32 @@ import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..image_processor import VaeImageProcessor
-from ..schedulers import Scheduler, randn
+from ..schedulers import Scheduler, as_generator, randn
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput, check_int, check_output_type
 
 Prompt = str | Sequence[str] | None
 StepCallback = Callable[[Any, int, Any, dict[str, np.ndarray]], dict[str, np.ndarray] | None]
+
+
+@dataclass
+class PromptCall:
+    """One call's working set: its own scheduler copy, its noise stream, the encoded prompts, its callback."""
+
+    scheduler: Scheduler
+    generator: np.random.Generator
+    prompt_embeds: np.ndarray  # (batch, tokens, hidden), each prompt's copies adjacent
+    negative_prompt_embeds: np.ndarray | None  # same shape; None without guidance
+    batch: int  # images made: prompts x num_images_per_prompt
+    eta: float
+    callback: StepCallback | None
+    callback_inputs: tuple[str, ...]
 
 
 class StableDiffusionBase(DiffusionPipeline):
@@ -185,37 +200,63 @@ class StableDiffusionBase(DiffusionPipeline):
         return self.text_encoder.run({"input_ids": ids}, [output])[output]
 
     # ----- the denoising loop -----------------------------------------------------------------------------------
-    def prepare_call(
+    def start_call(
         self,
+        prompt: Prompt,
+        negative_prompt: Prompt,
+        prompt_embeds: np.ndarray | None,
+        negative_prompt_embeds: np.ndarray | None,
+        num_images_per_prompt: int,
         guidance_scale: float,
         guidance_rescale: float,
         clip_skip: int | None,
         output_type: str,
-        num_images_per_prompt: int,
+        generator: np.random.Generator | int | None,
+        eta: float,
+        callback_on_step_end: StepCallback | None,
         callback_on_step_end_tensor_inputs: Sequence[str],
-    ) -> Scheduler:
-        """Record the call's settings (for callbacks) and return this call's own copy of the scheduler.
+    ) -> PromptCall:
+        """Check the arguments every text-conditioned call shares, record the settings callbacks read, encode the
+        prompts, and give the call its own copy of the scheduler.
 
         The copy keeps concurrent calls on one pipeline independent: a scheduler holds per-run state.
         """
+        prompts = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         check_output_type(output_type)
         check_int("num_images_per_prompt", num_images_per_prompt)
-        if not isinstance(guidance_scale, (int, float, np.floating)) or isinstance(guidance_scale, bool):
-            raise ConfigError(f"guidance_scale={guidance_scale!r} is not supported; accepted: a number.")
-        if not 0.0 <= guidance_rescale <= 1.0:
-            raise ConfigError(f"guidance_rescale={guidance_rescale!r} is not supported; accepted: 0 to 1.")
+        for name, value, lo, hi in (
+            ("guidance_scale", guidance_scale, -math.inf, math.inf),
+            ("guidance_rescale", guidance_rescale, 0.0, 1.0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not lo <= value <= hi:
+                accepted = "a number" if hi == math.inf else f"a number from {lo:g} to {hi:g}"
+                raise ConfigError(f"{name}={value!r} is not supported; accepted: {accepted}.")
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ConfigError(
                 f"callback_on_step_end_tensor_inputs has {unknown}; accepted: {list(self._callback_tensor_inputs)}."
             )
-        self._guidance_scale, self._guidance_rescale, self._clip_skip = (
-            float(guidance_scale),
-            guidance_rescale,
+        self._guidance_scale, self._guidance_rescale = float(guidance_scale), float(guidance_rescale)
+        self._clip_skip, self._interrupt = clip_skip, False
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            num_images_per_prompt,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
             clip_skip,
         )
-        self._interrupt = False
-        return copy.deepcopy(self.scheduler)
+        return PromptCall(
+            scheduler=copy.deepcopy(self.scheduler),
+            generator=as_generator(generator),
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            batch=prompts * num_images_per_prompt,
+            eta=eta,
+            callback=callback_on_step_end,
+            callback_inputs=tuple(callback_on_step_end_tensor_inputs),
+        )
 
     def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         default_h, default_w = self.default_size()
@@ -240,16 +281,10 @@ class StableDiffusionBase(DiffusionPipeline):
 
     def denoise(
         self,
-        scheduler: Scheduler,
+        call: PromptCall,
         timesteps: np.ndarray,
         num_inference_steps: int,
         latents: np.ndarray,
-        prompt_embeds: np.ndarray,
-        negative_prompt_embeds: np.ndarray | None,
-        generator: np.random.Generator,
-        eta: float,
-        callback_on_step_end: StepCallback | None,
-        callback_on_step_end_tensor_inputs: Sequence[str],
         conditioning: Sequence[str] = (),
         blend: Callable[[int, np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
         state: dict[str, np.ndarray] | None = None,
@@ -260,12 +295,13 @@ class StableDiffusionBase(DiffusionPipeline):
         mask and masked image, depth map); ``blend`` re-imposes known regions after each step (4-channel inpainting).
         Callbacks may replace any tensor named in ``callback_on_step_end_tensor_inputs``.
         """
-        cfg = self.do_classifier_free_guidance
+        cfg, scheduler = self.do_classifier_free_guidance, call.scheduler
+        prompt_embeds, negative_prompt_embeds = call.prompt_embeds, call.negative_prompt_embeds
         state = dict(state or {})
         state["latents"] = latents
         state["negative_prompt_embeds"] = negative_prompt_embeds
         state["prompt_embeds"] = np.concatenate([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
-        step_kwargs = _step_kwargs(scheduler, generator, eta)
+        step_kwargs = _step_kwargs(scheduler, call.generator, call.eta)
         cond = self.timestep_cond(prompt_embeds.shape[0])
         warmup = len(timesteps) - num_inference_steps * scheduler.order
         self._num_timesteps = len(timesteps)
@@ -288,10 +324,8 @@ class StableDiffusionBase(DiffusionPipeline):
                 if blend is not None:
                     latents = blend(i, latents, state)
                 state["latents"] = latents
-                if callback_on_step_end is not None:
-                    outputs = callback_on_step_end(
-                        self, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs}
-                    )
+                if call.callback is not None:
+                    outputs = call.callback(self, i, t, {k: state[k] for k in call.callback_inputs})
                     for key, value in (outputs or {}).items():
                         if key in self._callback_tensor_inputs:
                             state[key] = np.asarray(value, dtype=np.float32)

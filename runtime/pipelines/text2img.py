@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..schedulers import as_generator, randn
+from ..schedulers import randn
 from .base import StableDiffusionPipelineOutput, check_int
 from .stable_diffusion import Prompt, StableDiffusionBase, StepCallback
 
@@ -37,43 +37,29 @@ class StableDiffusionPipeline(StableDiffusionBase):
         """``height``/``width`` default to the UNet's training size and must be multiples of the VAE scale
         factor; ``latents`` (B, C, H/f, W/f) replace the initial noise; ``generator`` is a NumPy Generator or seed."""
         height, width = self.check_size(height, width)
-        batch = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
-        scheduler = self.prepare_call(
+        call = self.start_call(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
             guidance_scale,
             guidance_rescale,
             clip_skip,
             output_type,
-            num_images_per_prompt,
-            callback_on_step_end_tensor_inputs,
-        )
-        generator = as_generator(generator)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt,
-            self.do_classifier_free_guidance,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            clip_skip,
-        )
-        scheduler.set_timesteps(check_int("num_inference_steps", num_inference_steps))
-        f = self.vae_scale_factor
-        shape = (batch * num_images_per_prompt, self.latent_channels, height // f, width // f)
-        if latents is None:
-            latents = randn(shape, generator)
-        else:
-            latents = self.check_latents(latents, shape, f"{shape[0]} images of {height}x{width} pixels")
-        latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
-        latents = self.denoise(
-            scheduler,
-            scheduler.timesteps,
-            num_inference_steps,
-            latents,
-            prompt_embeds,
-            negative_prompt_embeds,
             generator,
             eta,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )
+        scheduler = call.scheduler
+        scheduler.set_timesteps(check_int("num_inference_steps", num_inference_steps))
+        f = self.vae_scale_factor
+        shape = (call.batch, self.latent_channels, height // f, width // f)
+        if latents is None:
+            latents = randn(shape, call.generator)
+        else:
+            latents = self.check_latents(latents, shape, f"{shape[0]} images of {height}x{width} pixels")
+        latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
+        latents = self.denoise(call, scheduler.timesteps, num_inference_steps, latents)
         return self.decode_latents(latents, output_type)
