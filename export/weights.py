@@ -3,7 +3,8 @@
 * ``.safetensors`` files are validated with this module's own parser of the header (8-byte little-endian length,
   JSON, data buffer) before ``safetensors`` maps a byte of tensor data: sizes, dtypes, shapes and offsets must be
   consistent with each other and with the file's length, so a hostile or truncated file fails with one sentence
-  instead of a huge allocation or a Rust panic.
+  instead of a huge allocation or a Rust panic. :func:`read_safetensors_numpy` then reads the tensors into float32
+  NumPy arrays without torch (LoRA files, read by the torch-free ``lora`` module).
 * Pickle checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) are refused unless the caller opts in
   (``allow_pickle=True``, CLI ``--allow-pickle``): unpickling runs whatever code the file names. Even then they go
   through ``torch.load(weights_only=True)``, which accepts tensors and plain containers only.
@@ -25,6 +26,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from diffrt.runtime.errors import CheckpointError
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "load_weights_file",
     "read_json",
     "read_safetensors_header",
+    "read_safetensors_numpy",
     "tensor_shapes",
 ]
 
@@ -295,6 +299,63 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
         raise CheckpointError(
             f"safetensors file {_name(path)} could not be loaded onto {device!r}: {_one_line(error)}."
         ) from None
+
+
+# Little-endian NumPy dtypes of the safetensors dtypes the torch-free reader converts to float32 (BF16 apart).
+_NUMPY_DTYPES: dict[str, str] = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
+
+
+def _bf16_to_float32(raw: bytes) -> np.ndarray:
+    """bfloat16 is the top half of a float32: widen each 16-bit pattern into the high bits."""
+    bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+    return bits.view(np.float32)
+
+
+def read_safetensors_numpy(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor of a safetensors file as a float32 NumPy array, and the file's ``__metadata__``; no torch.
+
+    The header is validated first (:func:`read_safetensors_header`). F16 and BF16 are widened exactly; F64 and
+    integer / bool tensors are converted to float32. FP8 tensors are refused with a CheckpointError.
+    """
+    header = read_safetensors_header(path)
+    unreadable = sorted({info.dtype for info in header.tensors.values()} - {"BF16", *_NUMPY_DTYPES})
+    if unreadable:
+        raise CheckpointError(
+            f"safetensors file {_name(path)} holds {', '.join(unreadable)} tensors, which the torch-free reader does "
+            "not convert; accepted: F64, F32, F16, BF16, integer and bool tensors."
+        )
+    tensors: dict[str, np.ndarray] = {}
+    try:
+        with open(path, "rb") as f:
+            for name, info in sorted(header.tensors.items(), key=lambda item: item[1].begin):
+                f.seek(header.data_offset + info.begin)
+                raw = f.read(info.nbytes)
+                if len(raw) != info.nbytes:
+                    raise CheckpointError(
+                        f"safetensors file {_name(path)} changed while it was being read; "
+                        "accepted: a file that is not being written."
+                    )
+                if info.dtype == "BF16":
+                    array = _bf16_to_float32(raw)
+                else:
+                    array = np.frombuffer(raw, dtype=_NUMPY_DTYPES[info.dtype]).astype(np.float32)
+                tensors[name] = array.reshape(info.shape)
+    except OSError as error:
+        raise _open_error("safetensors file", path, error) from None
+    return tensors, dict(header.metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------------

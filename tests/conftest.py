@@ -52,3 +52,11 @@ def packages(tiny_models, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("packages")
     return {kind: export_package(load_source(folder), root / kind).path for kind, folder in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def lora_files(tiny_models, tmp_path_factory):
+    """LoRA files for the tiny SD1 pipeline in every format diffrt reads: {name: path} (see fixtures/loras.py)."""
+    from fixtures.loras import build_loras
+
+    return build_loras(tiny_models["sd1"], tmp_path_factory.mktemp("loras"))
