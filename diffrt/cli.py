@@ -118,6 +118,18 @@ def _generate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_lora(p: argparse.ArgumentParser) -> None:
+    from diffrt.export.cli import add_lora_arguments
+
+    add_lora_arguments(p)
+
+
+def _lora(args: argparse.Namespace) -> int:
+    from diffrt.export.cli import run_lora
+
+    return run_lora(args)
+
+
 # name -> (help, add arguments, run). Later stages register export, generate, engines, bench here.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("show versions and available execution backends", _add_info, _info),
@@ -125,6 +137,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "tokenize": ("print CLIP token ids of a prompt", _add_tokenize, _tokenize),
     "export": ("export a diffusers folder or single-file checkpoint to an engine package", _add_export, _export),
     "generate": ("generate images with an engine package (torch-free)", _add_generate, _generate),
+    "lora": ("swap LoRA adapters in an exported package without re-tracing", _add_lora, _lora),
 }
 
 

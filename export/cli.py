@@ -28,6 +28,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=4, help="most images per call the package is built for (default 4)")
     p.add_argument("--no-check", action="store_true", help="skip comparing each graph with its torch module")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_lora_argument(p, "fuse a LoRA adapter into the UNet / text encoder before tracing")
+
+
+def add_lora_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help=f"{what} (repeat for several; WEIGHT defaults to 1.0)",
+    )
+
+
+def _lora_specs(values: list[str]):
+    from .lora import LoraSpec
+
+    return tuple(LoraSpec.parse(v) for v in values)
 
 
 def _human(n: float) -> str:
@@ -49,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from .source import load_source
 
     options = ExportOptions(
-        opset=args.opset, static=args.static, batch=args.batch, check=not args.no_check, force=args.force
+        opset=args.opset,
+        static=args.static,
+        batch=args.batch,
+        check=not args.no_check,
+        force=args.force,
+        loras=_lora_specs(args.lora),
+        allow_pickle=args.allow_pickle,
     )
     source = load_source(args.source, config_dir=args.config, allow_pickle=args.allow_pickle, variant=args.variant)
     for note in source.notes:
@@ -66,4 +89,42 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {report.path} ({report.pipeline}, {len(report.graphs)} graphs, {_human(total)}) "
         f"in {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def add_lora_arguments(p: argparse.ArgumentParser) -> None:
+    """``diffrt lora apply PACKAGE OUT --lora FILE[:WEIGHT] ...``"""
+    sub = p.add_subparsers(dest="lora_command", metavar="ACTION", required=True)
+    apply = sub.add_parser(
+        "apply",
+        help="write OUT: PACKAGE with these adapters fused (none: its base weights), without re-tracing",
+        description="Rewrite only the UNet / text-encoder weights the adapters touch. Adapters already in the "
+        "package are replaced, not stacked: the package keeps its base weights.",
+    )
+    apply.add_argument("package", help="an engine package written by `diffrt export`")
+    apply.add_argument("out", help="the package to write (PACKAGE itself with --force)")
+    add_lora_argument(apply, "an adapter to fuse")
+    apply.add_argument("--allow-pickle", action="store_true", help="read .bin/.pt/.ckpt adapters (tensors only)")
+    apply.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def run_lora(args: argparse.Namespace) -> int:
+    from .lora_package import apply_loras
+
+    def progress(name: str, message: str) -> None:
+        print(f"  {name:<16} {message}", file=sys.stderr, flush=True)
+
+    report = apply_loras(
+        args.package,
+        args.out,
+        _lora_specs(args.lora),
+        force=args.force,
+        allow_pickle=args.allow_pickle,
+        progress=progress,
+    )
+    for adapter in report.adapters:
+        modules = ", ".join(f"{n} {c}" for n, c in adapter["modules"].items() if c)
+        print(f"{adapter['file']} x{adapter['weight']:g} ({adapter['format']}): {modules} modules")
+    changed = ", ".join(f"{n} {c}" for n, c in report.rewritten.items())
+    print(f"wrote {report.path} ({changed} weights rewritten) in {report.seconds:.1f} s")
     return 0

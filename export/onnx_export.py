@@ -61,8 +61,12 @@ def export_graph(
     opset: int = DEFAULT_OPSET,
     static_size: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    map_weights: bool = False,
 ) -> GraphReport:
-    """Export ``module`` to ``folder/model.onnx``, tracing at ``trace_size`` = (batch, height, width)."""
+    """Export ``module`` to ``folder/model.onnx``, tracing at ``trace_size`` = (batch, height, width).
+
+    ``map_weights`` also writes ``weights.json`` (which initializer holds which parameter), so LoRA adapters can
+    later be swapped into the graph without tracing it again."""
     import onnx
 
     start = time.perf_counter()
@@ -88,9 +92,14 @@ def export_graph(
         traced_bytes = sum(p.stat().st_size for p in Path(scratch).iterdir())
         external = traced_bytes > external_data_threshold
         target = folder / "model.onnx"
+        proto = onnx.load(str(traced), load_external_data=True) if external or map_weights else None
+        if map_weights:
+            from .lora_package import write_weights_map
+
+            write_weights_map(proto, module, folder)
         if external:
             onnx.save_model(
-                onnx.load(str(traced), load_external_data=True),
+                proto,
                 str(target),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
@@ -101,6 +110,7 @@ def export_graph(
             (folder / EXTERNAL_DATA_FILE).chmod(target.stat().st_mode & 0o777)
         else:
             shutil.move(traced, target)
+        del proto
     onnx.checker.check_model(str(target))
     size = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
     return GraphReport(network.name, target, size, time.perf_counter() - start, external)

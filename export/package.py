@@ -22,6 +22,8 @@ from diffrt.runtime.errors import CheckpointError, ConfigError
 from diffrt.runtime.networks import ShapeRange
 
 from . import weights
+from .lora import LoraSpec
+from .lora_package import LORA_NETWORKS, fuse_into_source, write_lora_base
 from .onnx_export import (
     DEFAULT_OPSET,
     EXTERNAL_DATA_THRESHOLD,
@@ -49,8 +51,13 @@ class ExportOptions:
     force: bool = False
     """Replace an existing ``out`` folder."""
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    loras: tuple[LoraSpec, ...] = ()
+    """LoRA adapters fused into the UNet and text encoder weights before tracing, each with its weight."""
+    allow_pickle: bool = False
+    """Read pickle LoRA files (restricted to tensors); the source's own pickle opt-in is given to load_source."""
 
     def __post_init__(self) -> None:
+        self.loras = tuple(LoraSpec.parse(s) if isinstance(s, str) else s for s in self.loras)
         if self.batch < 1:
             raise ConfigError(f"batch={self.batch} must be at least 1.")
         if not 14 <= self.opset <= 20:
@@ -109,6 +116,11 @@ def export_package(
         raise CheckpointError(f"{out} already exists; choose a new folder or pass --force to replace it.")
     shape_range = shape_range_for(source, options)
     start = time.perf_counter()
+    fused = None
+    if options.loras:
+        progress("lora", f"fusing {len(options.loras)} adapter(s)")
+        fused = fuse_into_source(source, options.loras, allow_pickle=options.allow_pickle)
+        source = fused.source
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -133,7 +145,9 @@ def export_package(
                     graph.max_abs_error, graph.max_rel_error = compare_graph(graph.path, network, references)
                     graph.checked = tuple(r.size for r in references)
                 report.graphs.append(graph)
-        _write_support_files(source, staging, shape_range, options, report)
+        for name, base in (fused.bases if fused else {}).items():
+            write_lora_base(staging / name, base)
+        _write_support_files(source, staging, shape_range, options, report, fused.summaries if fused else [])
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -163,6 +177,7 @@ def _export_one(
         opset=options.opset,
         static_size=shape_range.static_size,
         external_data_threshold=options.external_data_threshold,
+        map_weights=network.name in LORA_NETWORKS,
     )
     if not options.check:
         return graph, []
@@ -178,7 +193,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _write_support_files(
-    source: Source, staging: Path, shape_range: ShapeRange, options: ExportOptions, report: PackageReport
+    source: Source,
+    staging: Path,
+    shape_range: ShapeRange,
+    options: ExportOptions,
+    report: PackageReport,
+    loras: list[dict[str, Any]],
 ) -> None:
     comps = source.components
     index: dict[str, Any] = {"_class_name": source.pipeline_class, "_diffrt_version": __version__}
@@ -201,7 +221,7 @@ def _write_support_files(
     _write_json(staging / "scheduler" / "scheduler_config.json", source.scheduler_config)
     index["scheduler"] = ["diffusers", scheduler_class]
     _write_json(staging / "model_index.json", index)
-    _write_json(staging / "diffrt.json", _provenance(source, shape_range, options, report))
+    _write_json(staging / "diffrt.json", _provenance(source, shape_range, options, report, loras))
 
 
 def _write_tokenizer(source: Source, folder: Path) -> None:
@@ -215,7 +235,9 @@ def _write_tokenizer(source: Source, folder: Path) -> None:
     write_clip_tokenizer(folder, pad_token=source.tokenizer_pad_token)
 
 
-def _provenance(source: Source, shape_range: ShapeRange, options: ExportOptions, report: PackageReport) -> dict:
+def _provenance(
+    source: Source, shape_range: ShapeRange, options: ExportOptions, report: PackageReport, loras: list[dict[str, Any]]
+) -> dict:
     import onnx
     import torch
 
@@ -233,7 +255,7 @@ def _provenance(source: Source, shape_range: ShapeRange, options: ExportOptions,
         "pipeline": source.pipeline_class,
         "source": {"path": str(source.path), "kind": source.kind, "sha256": files},
         "notes": report.notes,
-        "loras": [],
+        "loras": loras,
         "export": {
             "opset": options.opset,
             "static": list(options.static) if options.static else None,

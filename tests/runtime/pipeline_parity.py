@@ -38,8 +38,9 @@ def shared_noise(seed: int):
             module.randn_tensor = original
 
 
-def load_diffusers(class_name: str, folder, scheduler=None):
-    """A diffusers pipeline from a tiny fixture folder, in float32 on the CPU, quiet."""
+def load_diffusers(class_name: str, folder, scheduler=None, clip_skip_shim: bool = True):
+    """A diffusers pipeline from a tiny fixture folder, in float32 on the CPU, quiet. ``clip_skip_shim`` gives
+    the text encoder the ``text_model`` attribute diffusers' clip_skip reads (LoRA loading must not see it)."""
     import diffusers
 
     pipe = getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=torch.float32)
@@ -47,7 +48,7 @@ def load_diffusers(class_name: str, folder, scheduler=None):
         pipe.scheduler = scheduler
     pipe.set_progress_bar_config(disable=True)
     text_encoder = getattr(pipe, "text_encoder", None)
-    if text_encoder is not None and not hasattr(text_encoder, "text_model"):
+    if clip_skip_shim and text_encoder is not None and not hasattr(text_encoder, "text_model"):
         # transformers 5's CLIPTextModel dropped `.text_model`, which diffusers' clip_skip path still reads.
         text_encoder.text_model = SimpleNamespace(final_layer_norm=text_encoder.final_layer_norm)
     return pipe

@@ -1,0 +1,280 @@
+"""LoRA in engine packages: fused into the weights at export, and swapped later without re-tracing.
+
+Export writes, beside the graphs LoRA can touch (UNet, text encoder), ``weights.json``: for each weight matrix or
+convolution kernel of the torch module, the ONNX initializer(s) holding it and whether the exporter stored it
+transposed (constant folding turns a Linear's weight into a transposed MatMul constant with a generated name).
+The map is found by content, not by name, so it does not depend on what the exporter called things.
+
+A package with adapters also keeps ``lora_base.safetensors``: the un-fused values of every weight an adapter
+changed. ``diffrt lora apply`` starts from those values, so adapters are replaced, never stacked by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runtime.errors import CheckpointError, PackageError
+from .lora import LoraAdapter, LoraSpec, lora_deltas, read_lora
+
+WEIGHTS_MAP = "weights.json"
+LORA_BASE = "lora_base.safetensors"
+LORA_NETWORKS = ("unet", "text_encoder")
+TEXT_MODEL_PREFIX = "text_model."
+MAP_FORMAT = 1
+
+Progress = Callable[[str, str], None]
+
+
+def canonical(name: str) -> str:
+    """Parameter names without transformers 4's ``text_model.`` prefix, so both CLIP layouts share one key."""
+    return name.removeprefix(TEXT_MODEL_PREFIX)
+
+
+# ----- the weights map, written at export -------------------------------------------------------------------------
+def weights_map(proto, parameters: dict[str, np.ndarray]) -> dict[str, list[tuple[str, bool]]]:
+    """For each parameter of 2 or more dimensions, the initializers holding it: [(name, transposed), ...]."""
+    from onnx import numpy_helper
+
+    index: dict[tuple[tuple[int, ...], bytes], list[str]] = {}
+    for init in proto.graph.initializer:
+        if len(init.dims) < 2:
+            continue
+        data = init.raw_data or numpy_helper.to_array(init).tobytes()
+        index.setdefault((tuple(init.dims), _digest(data)), []).append(init.name)
+    found: dict[str, list[tuple[str, bool]]] = {}
+    for name, value in parameters.items():
+        if value.ndim < 2:
+            continue
+        hits = [(n, False) for n in index.get((value.shape, _digest(value.tobytes())), [])]
+        if value.ndim == 2:
+            flipped = np.ascontiguousarray(value.T)
+            hits += [(n, True) for n in index.get((flipped.shape, _digest(flipped.tobytes())), [])]
+        if hits:
+            found[canonical(name)] = hits
+    return found
+
+
+def write_weights_map(proto, module, folder: Path) -> None:
+    """Write ``folder/weights.json`` for the torch ``module`` whose graph is ``proto`` (before its data moves out)."""
+    inner = getattr(module, "model", module)
+    parameters = {n: p.detach().float().contiguous().numpy() for n, p in inner.named_parameters()}
+    found = weights_map(proto, parameters)
+    data = {"format": MAP_FORMAT, "parameters": {k: [[n, t] for n, t in v] for k, v in sorted(found.items())}}
+    (folder / WEIGHTS_MAP).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+# ----- fusing at export ------------------------------------------------------------------------------------------
+@dataclass
+class FusedSource:
+    """A source whose UNet / text encoder load with the adapters fused in, and what was changed."""
+
+    source: Any
+    summaries: list[dict[str, Any]]
+    bases: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """network -> canonical parameter name -> its value before fusing (float32)."""
+
+
+def fuse_into_source(source, specs: Sequence[LoraSpec], allow_pickle: bool = False) -> FusedSource:
+    """Read the adapters, check them against the source's UNet and text encoder, and return a source whose
+    components load fused weights. The state dicts are loaded once here and handed to the model builders."""
+    import torch
+
+    adapters = [read_lora(spec, allow_pickle=allow_pickle) for spec in specs]
+    comps = dict(source.components)
+    state_dicts = {name: comps[name].load_weights() for name in LORA_NETWORKS if name in comps}
+    targets = {
+        name: {k: tuple(v.shape) for k, v in sd.items() if getattr(v, "ndim", 0) >= 2}
+        for name, sd in state_dicts.items()
+    }
+    deltas, summaries = lora_deltas(adapters, targets)
+    bases: dict[str, dict[str, np.ndarray]] = {}
+    for name, changes in deltas.items():
+        sd = state_dicts[name]
+        bases[name] = {}
+        for key, delta in changes.items():
+            base = sd[key].float()
+            bases[name][canonical(key)] = base.numpy().copy()
+            sd[key] = base + torch.from_numpy(np.ascontiguousarray(delta, dtype=np.float32))
+        comps[name] = replace(comps[name], load_weights=_once(sd))
+    return FusedSource(replace(source, components=comps), summaries, bases)
+
+
+def _once(state_dict: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    holder = [state_dict]
+
+    def load() -> dict[str, Any]:  # hands the fused dict over and lets go of it, so it is not kept twice
+        if not holder:
+            raise CheckpointError("fused LoRA weights were already consumed; load the source again.")
+        return holder.pop()
+
+    return load
+
+
+def write_lora_base(folder: Path, base: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    path = folder / LORA_BASE
+    if base:
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(base.items())}, str(path))
+    elif path.exists():
+        path.unlink()
+
+
+# ----- swapping adapters in an exported package -------------------------------------------------------------------
+@dataclass
+class ApplyReport:
+    path: Path
+    adapters: list[dict[str, Any]]
+    rewritten: dict[str, int]
+    """network -> number of weights rewritten (adapters' targets plus weights restored to base)."""
+    seconds: float = 0.0
+
+
+def apply_loras(
+    package: str | Path,
+    out: str | Path,
+    specs: Sequence[LoraSpec],
+    force: bool = False,
+    allow_pickle: bool = False,
+    progress: Progress | None = None,
+) -> ApplyReport:
+    """Write ``out``: ``package`` with exactly ``specs`` fused (none: the base weights restored).
+
+    Only the UNet and text-encoder graphs are rewritten, and in them only the weights an adapter (old or new)
+    touches; nothing is traced and no torch model is built. ``out`` may equal ``package`` with ``force``.
+    """
+    import onnx
+    from safetensors.numpy import load_file
+
+    progress = progress or (lambda name, message: None)
+    start = time.perf_counter()
+    package, out = Path(package), Path(out)
+    provenance_path = package / "diffrt.json"
+    if not provenance_path.is_file():
+        raise PackageError(
+            f"{package} is not a diffrt engine package (no diffrt.json); export one with `diffrt export`."
+        )
+    if out.exists() and not force and out.resolve() != package.resolve():
+        raise CheckpointError(f"{out} already exists; choose a new folder or pass --force to replace it.")
+    if out.resolve() == package.resolve() and not force:
+        raise CheckpointError(f"{out} is the package itself; pass --force to rewrite it in place.")
+    networks = [n for n in LORA_NETWORKS if (package / n / "model.onnx").is_file()]
+    maps = {}
+    for name in networks:
+        path = package / name / WEIGHTS_MAP
+        if not path.is_file():
+            raise PackageError(
+                f"{package / name} has no {WEIGHTS_MAP}, so its weights cannot be found by name; the package was "
+                "exported by an older diffrt or elsewhere: export it again with `diffrt export ... --lora FILE`."
+            )
+        maps[name] = {k: [(n, bool(t)) for n, t in v] for k, v in json.loads(path.read_text())["parameters"].items()}
+
+    adapters: list[LoraAdapter] = [read_lora(spec, allow_pickle=allow_pickle) for spec in specs]
+    protos = {}
+    for name in networks:
+        progress(name, "reading graph")
+        protos[name] = onnx.load(str(package / name / "model.onnx"), load_external_data=True)
+    targets = {name: _parameter_shapes(protos[name], maps[name]) for name in networks}
+    deltas, summaries = lora_deltas(adapters, targets)
+
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rewritten: dict[str, int] = {}
+    try:
+        shutil.copytree(package, staging, ignore=shutil.ignore_patterns("model.onnx", "model.onnx.data", LORA_BASE))
+        for name in _other_graphs(package):  # untouched graphs are copied as they are
+            for file in (package / name).glob("model.onnx*"):
+                shutil.copy2(file, staging / name / file.name)
+        for name in networks:
+            base_path = package / name / LORA_BASE
+            old_base = load_file(str(base_path)) if base_path.is_file() else {}
+            changes = deltas.get(name, {})
+            progress(name, f"rewriting {len(set(old_base) | set(changes))} weights")
+            new_base = _rewrite(protos[name], maps[name], old_base, changes)
+            rewritten[name] = len(set(old_base) | set(changes))
+            _save_graph(protos[name], package / name, staging / name)
+            write_lora_base(staging / name, new_base)
+        provenance = json.loads(provenance_path.read_text())
+        provenance["loras"] = summaries
+        provenance["lora_applied"] = {"from": str(package), "by": "diffrt lora apply"}
+        (staging / "diffrt.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ApplyReport(out, summaries, rewritten, time.perf_counter() - start)
+
+
+def _other_graphs(package: Path) -> list[str]:
+    return [p.parent.name for p in package.glob("*/model.onnx") if p.parent.name not in LORA_NETWORKS]
+
+
+def _parameter_shapes(proto, mapping: dict[str, list[tuple[str, bool]]]) -> dict[str, tuple[int, ...]]:
+    dims = {init.name: tuple(init.dims) for init in proto.graph.initializer}
+    shapes = {}
+    for param, entries in mapping.items():
+        name, transposed = entries[0]
+        shape = dims[name]
+        shapes[param] = shape[::-1] if transposed else shape
+    return shapes
+
+
+def _rewrite(proto, mapping, old_base: dict[str, np.ndarray], changes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Set each touched weight to base (+ delta); return the new base values to keep."""
+    from onnx import helper, numpy_helper
+
+    inits = {init.name: init for init in proto.graph.initializer}
+    new_base = {}
+    for param in sorted(set(old_base) | set(changes)):
+        entries = mapping[param]
+        first, transposed = entries[0]
+        base = old_base.get(param)
+        if base is None:
+            current = numpy_helper.to_array(inits[first])
+            base = current.T if transposed else current
+        base = np.asarray(base, dtype=np.float32)
+        value = base + changes[param] if param in changes else base
+        if param in changes:
+            new_base[param] = base
+        for name, flip in entries:
+            init = inits[name]
+            dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value.T if flip else value, dtype=dtype), name))
+    return new_base
+
+
+def _save_graph(proto, source_folder: Path, folder: Path) -> None:
+    import onnx
+
+    from .onnx_export import EXTERNAL_DATA_FILE
+
+    target = folder / "model.onnx"
+    if (source_folder / EXTERNAL_DATA_FILE).is_file():
+        onnx.save_model(
+            proto,
+            str(target),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=EXTERNAL_DATA_FILE,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(proto, str(target))
+    for file in folder.glob("model.onnx*"):
+        file.chmod((source_folder / "model.onnx").stat().st_mode & 0o777)
