@@ -15,7 +15,6 @@ import hashlib
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 
 from ..runtime.errors import CheckpointError, PackageError
 from .lora import LoraAdapter, LoraSpec, lora_deltas, read_lora
+from .onnx_export import EXTERNAL_DATA_FILE, save_graph
+from .staging import staged_folder
 
 WEIGHTS_MAP = "weights.json"
 LORA_BASE = "lora_base.safetensors"
@@ -191,11 +192,10 @@ def apply_loras(
     targets = {name: _parameter_shapes(protos[name], maps[name]) for name in networks}
     deltas, summaries = lora_deltas(adapters, targets)
 
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
     rewritten: dict[str, int] = {}
-    try:
-        shutil.copytree(package, staging, ignore=shutil.ignore_patterns("model.onnx", "model.onnx.data", LORA_BASE))
+    with staged_folder(out) as staging:
+        skip = shutil.ignore_patterns("model.onnx", "model.onnx.data", LORA_BASE)
+        shutil.copytree(package, staging, ignore=skip, dirs_exist_ok=True)
         for name in _other_graphs(package):  # untouched graphs are copied as they are
             for file in (package / name).glob("model.onnx*"):
                 shutil.copy2(file, staging / name / file.name)
@@ -203,21 +203,16 @@ def apply_loras(
             base_path = package / name / LORA_BASE
             old_base = load_file(str(base_path)) if base_path.is_file() else {}
             changes = deltas.get(name, {})
-            progress(name, f"rewriting {len(set(old_base) | set(changes))} weights")
-            new_base = _rewrite(protos[name], maps[name], old_base, changes)
             rewritten[name] = len(set(old_base) | set(changes))
-            _save_graph(protos[name], package / name, staging / name)
+            progress(name, f"rewriting {rewritten[name]} weights")
+            new_base = _rewrite(protos[name], maps[name], old_base, changes)
+            external = (package / name / EXTERNAL_DATA_FILE).is_file()
+            save_graph(protos[name], staging / name / "model.onnx", external, like=package / name / "model.onnx")
             write_lora_base(staging / name, new_base)
         provenance = json.loads(provenance_path.read_text())
         provenance["loras"] = summaries
         provenance["lora_applied"] = {"from": str(package), "by": "diffrt lora apply"}
         (staging / "diffrt.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ApplyReport(out, summaries, rewritten, time.perf_counter() - start)
 
 
@@ -257,24 +252,3 @@ def _rewrite(proto, mapping, old_base: dict[str, np.ndarray], changes: dict[str,
             dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
             init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value.T if flip else value, dtype=dtype), name))
     return new_base
-
-
-def _save_graph(proto, source_folder: Path, folder: Path) -> None:
-    import onnx
-
-    from .onnx_export import EXTERNAL_DATA_FILE
-
-    target = folder / "model.onnx"
-    if (source_folder / EXTERNAL_DATA_FILE).is_file():
-        onnx.save_model(
-            proto,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=EXTERNAL_DATA_FILE,
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(proto, str(target))
-    for file in folder.glob("model.onnx*"):
-        file.chmod((source_folder / "model.onnx").stat().st_mode & 0o777)

@@ -98,22 +98,37 @@ def export_graph(
 
             write_weights_map(proto, module, folder)
         if external:
-            onnx.save_model(
-                proto,
-                str(target),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=EXTERNAL_DATA_FILE,
-                size_threshold=1024,
-            )
-            # onnx writes the data file owner-only; a package is read by whoever serves it, like model.onnx.
-            (folder / EXTERNAL_DATA_FILE).chmod(target.stat().st_mode & 0o777)
+            save_graph(proto, target, external=True)
         else:
             shutil.move(traced, target)
         del proto
     onnx.checker.check_model(str(target))
     size = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
     return GraphReport(network.name, target, size, time.perf_counter() - start, external)
+
+
+def save_graph(proto, target: Path, external: bool, like: Path | None = None) -> None:
+    """Write ``proto`` to ``target``; with ``external``, its tensors go to one ``model.onnx.data`` beside it.
+
+    Files get the permissions of ``like`` (default: what ``model.onnx`` got): onnx writes the data file owner-only,
+    yet a package is read by whoever serves it."""
+    import onnx
+
+    if external:
+        onnx.save_model(
+            proto,
+            str(target),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=EXTERNAL_DATA_FILE,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(proto, str(target))
+    mode = (like or target).stat().st_mode & 0o777
+    for file in (target, target.parent / EXTERNAL_DATA_FILE):
+        if file.exists():
+            file.chmod(mode)
 
 
 @dataclass

@@ -11,7 +11,6 @@ import json
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from .onnx_export import (
     reference_outputs,
 )
 from .source import Source
+from .staging import staged_folder
 
 PACKAGE_FORMAT = 1
 ONNX_COMPONENT = ["diffusers", "OnnxRuntimeModel"]
@@ -121,11 +121,8 @@ def export_package(
         progress("lora", f"fusing {len(options.loras)} adapter(s)")
         fused = fuse_into_source(source, options.loras, allow_pickle=options.allow_pickle)
         source = fused.source
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     report = PackageReport(out, source.pipeline_class, notes=list(source.notes))
-    try:
+    with staged_folder(out) as staging:
         for group, build in build_networks(source):
             progress(group, "loading weights")
             pairs = build()
@@ -148,12 +145,6 @@ def export_package(
         for name, base in (fused.bases if fused else {}).items():
             write_lora_base(staging / name, base)
         _write_support_files(source, staging, shape_range, options, report, fused.summaries if fused else [])
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report.seconds = time.perf_counter() - start
     for graph in report.graphs:
         graph.path = out / graph.path.relative_to(staging)

@@ -1,0 +1,173 @@
+"""Changing LoRA adapters on an SD 1.5-size package: `diffrt lora apply` against a full re-export.
+
+Builds a Stable Diffusion 1.5-architecture diffusers folder with random weights (the real configs: 860 M-parameter
+UNet, ViT-L text encoder) and a rank-8 PEFT adapter on the UNet's and text encoder's attention projections. Then:
+1. exports the folder without adapters (the package a user already has);
+2. re-exports it with the adapter (what changing adapters costs without `lora apply`);
+3. applies the adapter to the package from step 1 with `diffrt lora apply` (in a child process, for its peak RSS);
+4. checks that 2 and 3 hold the same weights, initializer for initializer.
+
+    python benchmarks/bench_lora_swap.py [WORKDIR]     # default build/bench-lora; results in benchmarks/results/
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+SD15_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
+)
+
+
+def build_source(folder: Path) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from diffrt.export.clip_vocab import write_clip_tokenizer
+
+    if (folder / "model_index.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL(**SD15_VAE),
+        text_encoder=CLIPTextModel(text),
+        tokenizer=CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder.parent / "_vocab")),
+        unet=UNet2DConditionModel(**SD15_UNET),
+        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_adapter(source: Path, folder: Path) -> Path:
+    """A rank-8 PEFT LoRA (alpha 8) on the attention projections, random with a realistic spread."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    target = folder / "pytorch_lora_weights.safetensors"
+    if target.is_file():
+        return target
+    generator = torch.Generator().manual_seed(1)
+    layers = {}
+    for name, model, modules in (
+        ("unet", UNet2DConditionModel.from_pretrained(source, subfolder="unet"), ["to_q", "to_k", "to_v", "to_out.0"]),
+        (
+            "text_encoder",
+            CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
+            ["q_proj", "k_proj", "v_proj", "out_proj"],
+        ),
+    ):
+        model.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=modules))
+        with torch.no_grad():
+            for key, parameter in model.named_parameters():
+                if ".lora_" in key:
+                    parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+        layers[name] = get_peft_model_state_dict(model)
+        del model
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"]
+    )
+    return target
+
+
+def timed_child(code: str) -> tuple[float, float]:
+    """Run ``code`` in a fresh interpreter; return (seconds, peak RSS in GB)."""
+    wrapper = (
+        "import resource, time\nstart = time.perf_counter()\n"
+        + code
+        + "\nprint('RESULT', time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True).stdout
+    seconds, rss_kb = out.strip().splitlines()[-1].split()[1:]
+    return float(seconds), float(rss_kb) / 2**20
+
+
+def export_code(source: Path, out: Path, lora: Path | None) -> str:
+    loras = f"loras=({str(lora)!r},), " if lora else ""
+    return (
+        "from diffrt.export.package import ExportOptions, export_package\n"
+        "from diffrt.export.source import load_source\n"
+        f"export_package(load_source({str(source)!r}), {str(out)!r}, ExportOptions({loras}force=True))"
+    )
+
+
+def same_weights(a: Path, b: Path) -> tuple[int, float]:
+    import onnx
+    from onnx import numpy_helper
+
+    compared, worst = 0, 0.0
+    for network in ("unet", "text_encoder"):
+        left = {i.name: i for i in onnx.load(str(a / network / "model.onnx")).graph.initializer}
+        right = {i.name: i for i in onnx.load(str(b / network / "model.onnx")).graph.initializer}
+        assert left.keys() == right.keys(), network
+        for name in left:
+            x, y = numpy_helper.to_array(left[name]), numpy_helper.to_array(right[name])
+            worst = max(worst, float(np.abs(x.astype(np.float64) - y).max()) if x.size else 0.0)
+            compared += 1
+        del left, right
+    return compared, worst
+
+
+def main() -> int:
+    work = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "bench-lora"
+    work.mkdir(parents=True, exist_ok=True)
+    source = build_source(work / "sd15-random")
+    adapter = build_adapter(source, work / "adapter")
+    results: dict = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "python": platform.python_version(),
+    }
+    plain, reexport, applied = work / "plain", work / "reexport", work / "applied"
+    results["export_plain_s"], results["export_plain_rss_gb"] = timed_child(export_code(source, plain, None))
+    results["reexport_with_lora_s"], results["reexport_rss_gb"] = timed_child(export_code(source, reexport, adapter))
+    provenance = json.loads((reexport / "diffrt.json").read_text())
+    results["reexport_graph_export_only_s"] = round(
+        sum(n["export_seconds"] for n in provenance["networks"].values()), 1
+    )
+    apply = (
+        "from diffrt.export.lora import LoraSpec\nfrom diffrt.export.lora_package import apply_loras\n"
+        f"apply_loras({str(plain)!r}, {str(applied)!r}, (LoraSpec.parse({str(adapter)!r}),), force=True)"
+    )
+    results["lora_apply_s"], results["lora_apply_rss_gb"] = timed_child(apply)
+    results["speedup_vs_reexport"] = round(results["reexport_with_lora_s"] / results["lora_apply_s"], 1)
+    results["initializers_compared"], results["max_abs_difference"] = same_weights(applied, reexport)
+    results["modules"] = provenance["loras"][0]["modules"]
+    out = ROOT / "benchmarks" / "results" / "lora_swap.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
