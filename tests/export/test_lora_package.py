@@ -78,6 +78,18 @@ def test_export_with_a_locon_adapter_generates_diffusers_fused_images(tiny_model
     assert_images_close(run_diffrt(mine, 5, **kwargs), run_diffusers(theirs, 5, **kwargs))
 
 
+@pytest.mark.parametrize("name", ["peft_unet", "peft_fp16", "attn_procs", "peft_locon", "kohya_no_alpha"])
+def test_export_with_each_format_generates_diffusers_fused_images(tiny_models, lora_files, tmp_path, name):
+    adapters = (LoraSpec(lora_files[name], 0.6),)
+    package = export_package(
+        load_source(tiny_models["sd1"]), tmp_path / name, ExportOptions(loras=adapters, check=False)
+    ).path
+    theirs = diffusers_fused(tiny_models["sd1"], adapters)
+    mine = StableDiffusionPipeline.from_pretrained(package)
+    kwargs = dict(prompt=PROMPT, num_inference_steps=3)
+    assert_images_close(run_diffrt(mine, 2, **kwargs), run_diffusers(theirs, 2, **kwargs))
+
+
 def test_adapters_change_the_image(packages, fused_package):
     plain = StableDiffusionPipeline.from_pretrained(packages["sd1"])
     fused = StableDiffusionPipeline.from_pretrained(fused_package)
