@@ -1,7 +1,12 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# ONNX Runtime engines cache optimized graphs; tests keep that cache out of the user's home.
+os.environ.setdefault("DIFFRT_CACHE", tempfile.mkdtemp(prefix="diffrt-test-cache-"))
 
 # Test helpers (parity harness, fixture builders) import by module name.
 sys.path.insert(0, str(Path(__file__).parent / "schedulers"))

@@ -102,6 +102,9 @@ class SessionSettings:
     - ``device_id``: the CUDA device an engine on the CUDA provider runs on.
     - ``config_entries``: further ONNX Runtime session config entries (key, value), applied last so they override
       the above; a mapping is accepted.
+    - ``cache_dir``: where ONNX Runtime engines keep each graph as optimized for this machine, with its weights
+      already packed for the CPU kernels, so the next start of the same graph skips that work. ``"auto"``:
+      ``$DIFFRT_CACHE`` or ``$XDG_CACHE_HOME/diffrt`` (``~/.cache/diffrt``); ``None`` turns the cache off.
     """
 
     intra_op_threads: int | None = None
@@ -113,6 +116,7 @@ class SessionSettings:
     memory_pattern: bool = True
     device_id: int = 0
     config_entries: tuple[tuple[str, str], ...] = ()
+    cache_dir: str | os.PathLike | None = "auto"
 
     def __post_init__(self) -> None:
         if self.intra_op_threads is not None and not _positive_int(self.intra_op_threads):
@@ -129,6 +133,18 @@ class SessionSettings:
         pairs = entries.items() if isinstance(entries, Mapping) else entries
         # A tuple of str pairs keeps the frozen settings hashable whatever form the caller gave.
         object.__setattr__(self, "config_entries", tuple((str(k), str(v)) for k, v in pairs))
+
+    @property
+    def cache_path(self) -> Path | None:
+        """The folder optimized graphs are cached in, or None when caching is off."""
+        if self.cache_dir is None:
+            return None
+        if self.cache_dir != "auto":
+            return Path(self.cache_dir)
+        root = os.environ.get("DIFFRT_CACHE")
+        if root:
+            return Path(root)
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffrt"
 
     @property
     def intra_op_thread_count(self) -> int:

@@ -9,7 +9,12 @@ an error when it was asked for by name, a warning and the CPU provider under ``p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import platform
+import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +23,7 @@ import onnxruntime
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ..errors import ConfigError, PackageError
-from . import SessionSettings, TensorInfo, logger, model_file, network_name
+from . import MODEL_FILE, SessionSettings, TensorInfo, logger, model_file, network_name
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -61,6 +66,8 @@ LOAD_ERRORS = (
     ort_state.NotImplemented,
 )
 SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+CACHE_DATA_FILE = "model.onnx.data"
+CACHE_SOURCE_FILE = "source.json"  # which graph file an entry was made from
 
 
 def available_providers() -> list[str]:
@@ -117,6 +124,74 @@ def session_options(settings: SessionSettings) -> onnxruntime.SessionOptions:
     return options
 
 
+def cached_graph_folder(model: Path, provider: str, settings: SessionSettings) -> Path | None:
+    """Where the optimized form of ``model`` is cached for this provider, machine and onnxruntime; None when off.
+
+    The key covers what the optimized graph depends on: the graph's files (path, size, modification time), the
+    onnxruntime version, the optimization level and the CPU's instruction sets (level "all" picks kernels and
+    layouts for them). Only the CPU provider is cached: GPU providers optimize for the device at hand.
+    """
+    root = settings.cache_path
+    if root is None or provider != CPU or settings.graph_optimization == "disable":
+        return None
+    key = hashlib.sha256()
+    for part in (onnxruntime.__version__, provider, settings.graph_optimization, _cpu_flags()):
+        key.update(part.encode() + b"\0")
+    for file in sorted(model.parent.glob(model.name + "*")):
+        stat = file.stat()
+        key.update(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode() + b"\0")
+    return root / "ort" / f"{network_name(model)}-{key.hexdigest()[:20]}"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _start_cache_entry(folder: Path, options: onnxruntime.SessionOptions) -> Path | None:
+    """Ask ONNX Runtime to write the optimized graph, with its weights prepacked, into a staging folder."""
+    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:
+        logger.warning("graph cache %s is not writable (%s); continuing without it", folder.parent, error)
+        return None
+    options.optimized_model_filepath = str(staging / MODEL_FILE)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHE_DATA_FILE)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+    return staging
+
+
+def _finish_cache_entry(staging: Path, folder: Path, model: Path) -> None:
+    """Publish the staging folder under its key (all or nothing; another process may have won the race), and drop
+    entries made for earlier versions of the same graph file, so re-exports do not fill the cache."""
+    source = str(model.resolve())
+    try:
+        if (staging / MODEL_FILE).is_file() and not folder.exists():
+            (staging / CACHE_SOURCE_FILE).write_text(json.dumps({"model": source}) + "\n")
+            staging.rename(folder)
+            for entry in folder.parent.glob(folder.name.rsplit("-", 1)[0] + "-*"):
+                if entry != folder and _cache_source(entry) == source:
+                    shutil.rmtree(entry, ignore_errors=True)
+            return
+    except OSError as error:
+        logger.warning("could not store the optimized graph in %s: %s", folder, error)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cache_source(entry: Path) -> str | None:
+    try:
+        return json.loads((entry / CACHE_SOURCE_FILE).read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class OrtEngine:
     """One ONNX graph in one ONNX Runtime session; implements :class:`~diffrt.runtime.engines.Engine`.
 
@@ -165,18 +240,43 @@ class OrtEngine:
             providers = [(CUDA, {"device_id": str(self.settings.device_id)}), CPU]
         elif provider != CPU:
             providers = [provider, CPU]
+        self.cached_graph = cached_graph_folder(self.model_path, provider, self.settings)
+        if self.cached_graph is not None and (self.cached_graph / MODEL_FILE).is_file():
+            session = self._open_cached(providers)
+            if session is not None:
+                return session
+        options = session_options(self.settings)
+        staging = None
+        if self.cached_graph is not None:
+            staging = _start_cache_entry(self.cached_graph, options)
         try:
             # A path, not bytes: ONNX Runtime then finds external data (model.onnx.data) beside the graph.
-            return onnxruntime.InferenceSession(
-                str(self.model_path),
-                sess_options=session_options(self.settings),
-                providers=providers,
-                enable_fallback=0,
+            session = onnxruntime.InferenceSession(
+                str(self.model_path), sess_options=options, providers=providers, enable_fallback=0
             )
         except LOAD_ERRORS as error:
             raise PackageError(
                 f"onnxruntime could not load {self.model_path} (network {self.name}) on {provider}: {error}"
             ) from error
+        finally:
+            if staging is not None:
+                _finish_cache_entry(staging, self.cached_graph, self.model_path)
+        return session
+
+    def _open_cached(self, providers: list) -> onnxruntime.InferenceSession | None:
+        """The session from the cached optimized graph (optimizations already applied); None if it is unusable."""
+        options = session_options(self.settings)
+        options.graph_optimization_level = OPTIMIZATION_LEVELS["disable"]
+        try:
+            session = onnxruntime.InferenceSession(
+                str(self.cached_graph / MODEL_FILE), sess_options=options, providers=providers, enable_fallback=0
+            )
+        except LOAD_ERRORS as error:
+            logger.warning("%s: dropping the unusable cached graph %s (%s)", self.name, self.cached_graph, error)
+            shutil.rmtree(self.cached_graph, ignore_errors=True)
+            return None
+        logger.debug("%s: optimized graph from the cache %s", self.name, self.cached_graph)
+        return session
 
     def _tensor_info(self, arg: onnxruntime.NodeArg) -> TensorInfo:
         dtype = DTYPES.get(arg.type)

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -353,3 +354,47 @@ def test_a_scalar_input_reaches_the_graph_as_a_scalar(tmp_path):
     engine = load_engine(save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "s"))
     out = engine.run({"t": np.array(981.0, dtype=np.float64)})
     assert out["rank_shape"].shape == (0,) and out["same"].shape == () and out["same"] == np.float32(981.0)
+
+
+# ----- the optimized-graph cache -----------------------------------------------------------------------------------
+def test_a_second_engine_of_the_same_graph_starts_from_the_cached_optimized_graph(affine_dir, tmp_path):
+    settings = SessionSettings(cache_dir=tmp_path / "cache")
+    first = load_engine(affine_dir, provider="cpu", settings=settings)
+    entry = first.cached_graph
+    assert (entry / "model.onnx").is_file() and (entry / "source.json").is_file()
+    stamp = (entry / "model.onnx").stat().st_mtime_ns
+    second = load_engine(affine_dir, provider="cpu", settings=settings)
+    assert second.cached_graph == entry and (entry / "model.onnx").stat().st_mtime_ns == stamp  # read, not rewritten
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_array_equal(first.run({"x": x})["y"], second.run({"x": x})["y"])
+
+
+def test_a_changed_graph_gets_a_new_entry_and_the_old_one_goes(tmp_path):
+    folder = save(affine_model(), tmp_path / "net")
+    settings = SessionSettings(cache_dir=tmp_path / "cache")
+    old = load_engine(folder, provider="cpu", settings=settings).cached_graph
+    save(affine_model(), folder)  # rewritten: same content, new modification time
+    os.utime(folder / "model.onnx", ns=(1, 1))
+    new = load_engine(folder, provider="cpu", settings=settings).cached_graph
+    assert new != old and new.is_dir() and not old.exists()
+
+
+def test_an_unusable_cache_entry_is_dropped_and_rebuilt(affine_dir, tmp_path, caplog):
+    settings = SessionSettings(cache_dir=tmp_path / "cache")
+    entry = load_engine(affine_dir, provider="cpu", settings=settings).cached_graph
+    (entry / "model.onnx").write_bytes(b"not a graph")
+    with caplog.at_level(logging.WARNING, logger="diffrt.engines"):
+        engine = load_engine(affine_dir, provider="cpu", settings=settings)
+    assert "unusable cached graph" in caplog.text
+    assert engine.run({"x": np.ones((1, 8), np.float32)})["y"].shape == (1, 5)
+    assert (entry / "model.onnx").read_bytes() != b"not a graph"  # rebuilt
+
+
+def test_no_cache_when_off_and_a_warning_when_unwritable(affine_dir, tmp_path, caplog):
+    off = load_engine(affine_dir, provider="cpu", settings=SessionSettings(cache_dir=None))
+    assert off.cached_graph is None
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="diffrt.engines"):
+        engine = load_engine(affine_dir, provider="cpu", settings=SessionSettings(cache_dir=blocker))
+    assert "not writable" in caplog.text and engine.run({"x": np.ones((2, 8), np.float32)})["y"].shape == (2, 5)
