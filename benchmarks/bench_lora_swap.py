@@ -19,52 +19,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sd15 import build_source  # the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-SD15_VAE = dict(
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    latent_channels=4,
-    layers_per_block=2,
-    sample_size=512,
-)
-
-
-def build_source(folder: Path) -> Path:
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from diffrt.export.clip_vocab import write_clip_tokenizer
-
-    if (folder / "model_index.json").is_file():
-        return folder
-    torch.manual_seed(0)
-    text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(**SD15_VAE),
-        text_encoder=CLIPTextModel(text),
-        tokenizer=CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder.parent / "_vocab")),
-        unet=UNet2DConditionModel(**SD15_UNET),
-        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 def build_adapter(source: Path, folder: Path) -> Path:

@@ -1,0 +1,65 @@
+"""The Stable Diffusion 1.5 architecture with deterministic random weights, written as a diffusers folder.
+
+The real SD 1.5 configs (860 M-parameter UNet, ViT-L/14 text encoder, the 4-channel KL VAE) and the real CLIP
+vocabulary, seeded weights: what a benchmark needs for SD 1.5's cost without downloading a checkpoint. It draws
+noise, not pictures. Built once; a folder that already holds ``model_index.json`` is reused as it is.
+
+    python benchmarks/sd15.py OUT_FOLDER          # about a minute and 4.3 GB on disk
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+SD15_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
+)
+
+
+def build_source(folder: Path) -> Path:
+    """Write the SD 1.5-architecture pipeline to ``folder`` (seed 0) unless it is already there; return it."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from diffrt.export.clip_vocab import write_clip_tokenizer
+
+    if (folder / "model_index.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL(**SD15_VAE),
+        text_encoder=CLIPTextModel(text),
+        tokenizer=CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder.parent / "_vocab")),
+        unet=UNet2DConditionModel(**SD15_UNET),
+        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: {sys.argv[0]} OUT_FOLDER")
+    print(f"wrote {build_source(Path(sys.argv[1]))}")
