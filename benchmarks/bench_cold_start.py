@@ -1,0 +1,57 @@
+"""Cold start of a package with and without ONNX Runtime's optimized-graph cache (`SessionSettings.cache_dir`).
+
+Three fresh processes, one after the other, on one package: the cache off; the cache empty (the first start, which
+also writes it); the cache filled (every later start). Each times process start -> pipeline loaded -> first image
+(256 x 256, one step, guidance on) and reads its peak RSS.
+
+    python benchmarks/bench_cold_start.py [PACKAGE]     # default: build/bench/sd15-package (make bench builds it)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = """
+import json, resource, sys, time
+start = time.perf_counter()
+from diffrt.runtime import SessionSettings, StableDiffusionPipeline
+package, cache = sys.argv[1], sys.argv[2]
+settings = SessionSettings(cache_dir=None if cache == "off" else cache)
+pipe = StableDiffusionPipeline.from_pretrained(package, provider="cpu", session_settings=settings)
+pipe.set_progress_bar_config(disable=True)
+loaded = time.perf_counter()
+pipe("a cat", num_inference_steps=1, height=256, width=256, generator=0, output_type="np")
+done = time.perf_counter()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+row = {"load_s": loaded - start, "first_image_s": done - loaded, "total_s": done - start, "peak_rss_gb": rss}
+print(json.dumps(row))
+"""
+
+
+def run(package: Path, cache: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(package), cache], capture_output=True, text=True, check=True)
+    return {k: round(v, 2) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+def main() -> int:
+    package = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "bench" / "sd15-package"
+    with tempfile.TemporaryDirectory(prefix="diffrt-cold-") as cache:
+        rows = {"cache off": run(package, "off"), "first start": run(package, cache), "cached": run(package, cache)}
+        size = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file())
+    result = {"package": str(package), "rows": rows, "cache_gb": round(size / 2**30, 2)}
+    result["load_speedup"] = round(rows["cache off"]["load_s"] / rows["cached"]["load_s"], 1)
+    (ROOT / "benchmarks" / "results" / "cold_start.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("| start | load s | first image s | total s | peak RSS GB |\n|---|---|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['load_s']} | {row['first_image_s']} | {row['total_s']} | {row['peak_rss_gb']} |")
+    print(f"cache: {result['cache_gb']} GB; load {result['load_speedup']}x faster from the cache")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
