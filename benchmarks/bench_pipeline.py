@@ -281,11 +281,28 @@ def spawn(backend: str, model: Path, size: int, steps: int, warm: int, work: Pat
     command += ["--size", str(size), "--steps", str(steps), "--warm", str(warm), "--result", str(result)]
     # diffrt's ONNX Runtime engines cache optimized graphs; the benchmark keeps that cache in its own folder.
     env = {**os.environ, "DIFFRT_CACHE": str(work / "graph-cache")}
+    busy, ours = machine_cpu_seconds(), own_cpu_seconds()
     t0 = time.time()
     done = subprocess.run([*command, "--image", str(image), "--t0", repr(t0)], capture_output=True, text=True, env=env)
+    wall = time.time() - t0
     if done.returncode:
         raise RuntimeError(f"{backend} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    return {**json.loads(result.read_text()), "image": str(image)}
+    # On a shared machine, what the rest of it did meanwhile says how far to trust the row.
+    others = (machine_cpu_seconds() - busy) - (own_cpu_seconds() - ours)
+    share = max(0.0, others) / (wall * (os.cpu_count() or 1))
+    return {**json.loads(result.read_text()), "image": str(image), "other_processes_cpu_share": round(share, 3)}
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_backend(backend: str, model: Path, size: int, steps: int, warm: int, work: Path) -> dict[str, Any]:
@@ -318,6 +335,7 @@ def run_backend(backend: str, model: Path, size: int, steps: int, warm: int, wor
             "restart_first_call_s": round(again["first_call_s"], 3),
             "restart_cold_start_s": round(again["cold_start_s"], 3),
             "restart_peak_rss_gb": round(again["peak_rss_gb"], 3),
+            "restart_other_processes_cpu_share": again["other_processes_cpu_share"],
         }
     calls = measured.pop("calls")
     steps_s = [t for call in calls for t in call["unet_steps_s"]]
@@ -424,6 +442,11 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
+def uncommitted() -> list[str]:
+    """Tracked files that differ from the commit."""
+    return git("diff", "--name-only", "HEAD").splitlines()
+
+
 # ====================================================================================================== reports ====
 def table(rows: list[dict[str, Any]]) -> str:
     g = lambda x: f"{x:.3g}"  # three significant digits: seconds at SD 1.5 size, milliseconds on the tiny model
@@ -491,6 +514,17 @@ def headline(report: dict[str, Any]) -> str:
     ]
     if behind:
         parts.append(f"- Where diffrt is behind (ratio below 1): {'; '.join(behind)}.")
+    disturbed = [
+        f"{row['backend']} at {row['size']} ({100 * share:.0f} %)"
+        for row in report["rows"]
+        if row["status"] == "ok"
+        and (share := max(row["other_processes_cpu_share"], row.get("restart_other_processes_cpu_share", 0))) > 0.1
+    ]
+    if disturbed:
+        parts.append(
+            f"- **Disturbed**: other processes took over 10 % of the machine's CPU while {', '.join(disturbed)} ran; "
+            "those rows are slower than a quiet machine gives."
+        )
     return "\n".join(parts)
 
 
@@ -510,7 +544,8 @@ def history_section(report: dict[str, Any]) -> str:
     mode = "quick run" if report["quick"] else "tiny model" if s["tiny"] else "full run"
     return "\n".join(
         [
-            f"## {report['date']} — {mode}: {', '.join(s['sizes'])}, {s['steps']} steps, commit {report['commit']}",
+            f"## {report['date']} — {mode}: {', '.join(s['sizes'])}, {s['steps']} steps, commit {report['commit']}"
+            + (f" with uncommitted changes to {', '.join(report['uncommitted'])}" if report["uncommitted"] else ""),
             "",
             f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores']} cores ({m['usable_cores']} usable), "
             f"{m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
@@ -523,7 +558,14 @@ def history_section(report: dict[str, Any]) -> str:
             "",
             f"{s['warm']} warm call(s) after the cold one per backend and size; UNet steps pooled over the warm calls "
             f"({s['scheduler']}, guidance {s['guidance_scale']}, UNet batch {s['unet_batch']}). "
-            f"Raw rows: `results/latest.json` as of this run.",
+            f"Raw rows: `results/latest.json` as of this run. CPU share other processes took while each child ran: "
+            + ", ".join(
+                f"{r['backend']} {r['size']} {100 * r['other_processes_cpu_share']:.0f} %"
+                + (f" (restart {100 * r['restart_other_processes_cpu_share']:.0f} %)" if "restart_load_s" in r else "")
+                for r in report["rows"]
+                if r["status"] == "ok"
+            )
+            + ".",
             "",
         ]
     )
@@ -564,7 +606,9 @@ harness; the newest comes first. How the numbers are made:
   **scheduler + glue** = the denoising loop's time not spent in the UNet, per step (scheduler step, CFG arithmetic,
   concatenation, feeding the engine). **end-to-end** = the whole warm call.
 - **peak RSS** = the child's `ru_maxrss` at its end (load and all calls).
-- Ratios are peer / diffrt: above 1, diffrt is faster or smaller. The machine is shared; load averages are recorded.
+- Ratios are peer / diffrt: above 1, diffrt is faster or smaller.
+- The machine is shared. Around each child the harness reads `/proc/stat` and records the share of the machine's
+  CPU that other processes took meanwhile; rows over 10 % are called out as disturbed.
 
 {HISTORY_MARK}
 """
@@ -595,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
-    loadavg = os.getloadavg()
+    loadavg, changed = os.getloadavg(), uncommitted()
     sizes, steps, warm = MODES["tiny" if args.tiny else "quick" if args.quick else "full"]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes
     steps, warm = args.steps or steps, args.warm or warm
@@ -623,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(loadavg),
         "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # tracked files changed before or after the run: then the commit alone does not say what ran
+        "uncommitted": sorted(set(changed) | set(uncommitted())),
         "quick": bool(args.quick),
         "settings": {
             "tiny": bool(args.tiny),

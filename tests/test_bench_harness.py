@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory) -> tuple[dict, Path]:
 
 def test_report_names_the_machine_commit_and_settings(tiny_run):
     report, _ = tiny_run
-    assert {"machine", "commit", "quick", "rows", "ratios", "settings"} <= report.keys()
+    assert {"machine", "commit", "uncommitted", "quick", "rows", "ratios", "settings"} <= report.keys()
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["ram_gib"] > 0 and machine["python"]
     assert machine["versions"]["onnxruntime"] and machine["versions"]["diffusers"]
@@ -56,6 +56,7 @@ def test_diffrt_and_diffusers_rows_hold_every_stage_with_positive_times(tiny_run
         assert row["cold_start_s"] == pytest.approx(row["load_s"] + row["first_call_s"], abs=2e-3)
         assert row["end_to_end_s"] >= row["text_encoder_s"] + 2 * row["unet_step_min_s"] + row["vae_decode_s"]
         assert row["glue_per_step_ms"] >= 0 and 0 < row["peak_rss_gb"] < 64
+        assert 0 <= row["other_processes_cpu_share"] <= 1
         assert row["max_pixel_diff_vs_diffrt"] <= 2  # same weights, same noise: the same image
     # diffrt also restarts once with the graph cache its first start wrote.
     diffrt = rows["diffrt_ort_cpu"]
