@@ -105,6 +105,12 @@ class SessionSettings:
     - ``cache_dir``: where ONNX Runtime engines keep each graph as optimized for this machine, with its weights
       already packed for the CPU kernels, so the next start of the same graph skips that work. ``"auto"``:
       ``$DIFFRT_CACHE`` or ``$XDG_CACHE_HOME/diffrt`` (``~/.cache/diffrt``); ``None`` turns the cache off.
+    - ``fuse_attention``: on the CPU provider, replace each attention block of the graph by ONNX Runtime's
+      ``com.microsoft.MultiHeadAttention`` before the session is built (:mod:`diffrt.kernels.attention`). Its CPU
+      kernel works tile by tile and never holds the (batch x heads, tokens, tokens) score matrix, which at 512x512
+      is most of an SD1.5 UNet's peak memory (``benchmarks/ATTENTION.md``). The fused graph is what the graph cache
+      keeps, so the pass runs once per graph and machine. Needs the ``onnx`` package; without it graphs run as they
+      are. Other providers always get the graph as exported.
     """
 
     intra_op_threads: int | None = None
@@ -117,6 +123,7 @@ class SessionSettings:
     device_id: int = 0
     config_entries: tuple[tuple[str, str], ...] = ()
     cache_dir: str | os.PathLike | None = "auto"
+    fuse_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.intra_op_threads is not None and not _positive_int(self.intra_op_threads):
@@ -127,6 +134,8 @@ class SessionSettings:
             raise ConfigError(f"inter_op_threads={self.inter_op_threads!r} is not accepted; give a positive int.")
         check_choice("graph_optimization", self.graph_optimization, GRAPH_OPTIMIZATIONS, "SessionSettings")
         check_choice("log_level", self.log_level, (0, 1, 2, 3, 4), "SessionSettings")
+        if not isinstance(self.fuse_attention, bool):
+            raise ConfigError(f"fuse_attention={self.fuse_attention!r} is not accepted; give True or False.")
         if not (isinstance(self.device_id, int) and self.device_id >= 0):
             raise ConfigError(f"device_id={self.device_id!r} is not accepted; give a CUDA device index (int >= 0).")
         entries = self.config_entries

@@ -9,6 +9,7 @@ an error when it was asked for by name, a warning and the CPU provider under ``p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnxruntime
@@ -68,6 +70,8 @@ LOAD_ERRORS = (
 SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 CACHE_DATA_FILE = "model.onnx.data"
 CACHE_SOURCE_FILE = "source.json"  # which graph file an entry was made from
+# Where ONNX Runtime looks for the external data (model.onnx.data) of a graph it is given as bytes.
+EXTERNAL_DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
 def available_providers() -> list[str]:
@@ -135,7 +139,11 @@ def cached_graph_folder(model: Path, provider: str, settings: SessionSettings) -
     if root is None or provider != CPU or settings.graph_optimization == "disable":
         return None
     key = hashlib.sha256()
-    for part in (onnxruntime.__version__, provider, settings.graph_optimization, _cpu_flags()):
+    parts = [onnxruntime.__version__, provider, settings.graph_optimization, _cpu_flags()]
+    attention = _attention_pass() if settings.fuse_attention else None
+    if attention is not None:  # the fused graph is another graph; unfused keys stay as they were
+        parts.append(f"fuse_attention-{attention.PASS_VERSION}")
+    for part in parts:
         key.update(part.encode() + b"\0")
     for file in sorted(model.parent.glob(model.name + "*")):
         stat = file.stat()
@@ -151,6 +159,49 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@functools.cache
+def _attention_pass() -> ModuleType | None:
+    """``diffrt.kernels.attention`` where it can run, else None: it needs the onnx package, which onnxruntime
+    does not bring; its absence costs memory, not correctness, so it is a warning (once per process)."""
+    try:
+        from ...kernels import attention
+    except ImportError as error:
+        if error.name != "onnx":
+            raise
+        logger.warning(
+            "SessionSettings.fuse_attention needs the onnx package (pip install onnx); graphs run on the CPU "
+            "provider with attention unfused, which takes more memory at large image sizes"
+        )
+        return None
+    return attention
+
+
+def fused_graph(model: Path, name: str) -> bytes | None:
+    """``model`` with its attention fused into MultiHeadAttention for the CPU provider, serialized without its
+    weights (they stay in the original external data file); None when there is nothing to fuse or no pass."""
+    attention = _attention_pass()
+    if attention is None:
+        return None
+    import onnx  # present: the pass imports it
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False)
+    except Exception as error:  # ONNX Runtime then reads the file itself and says what is wrong with it
+        logger.debug("%s: not fusing attention, onnx could not read %s: %s", name, model, error)
+        return None
+    try:
+        fused, count = attention.fuse_attention(graph)
+    except Exception as error:  # a failing pass must not stop the graph from running; unfused is always correct
+        logger.warning(
+            "%s: attention fusion failed (%s: %s); running the graph unfused", name, type(error).__name__, error
+        )
+        return None
+    if not count:
+        return None
+    logger.info("%s: %d attention blocks fused into MultiHeadAttention for the CPU provider", name, count)
+    return fused.SerializeToString()
 
 
 def _start_cache_entry(folder: Path, options: onnxruntime.SessionOptions) -> Path | None:
@@ -246,14 +297,24 @@ class OrtEngine:
             if session is not None:
                 return session
         options = session_options(self.settings)
+        # A path: ONNX Runtime then finds external data (model.onnx.data) beside the graph.
+        graph: str | bytes = str(self.model_path)
+        if provider == CPU and self.settings.fuse_attention:
+            fused = fused_graph(self.model_path, self.name)
+            if fused is not None:
+                # The fused graph (node edits only, ~1 MB for SD1.5) goes to ONNX Runtime as bytes, told to read the
+                # weights from the original graph's folder. Written to a file it would need its data beside it:
+                # ONNX Runtime refuses external data paths that leave the graph's folder (absolute or ../), and
+                # copying 3.4 GB, or writing into a package that may be read-only, is worse. The cache below then
+                # keeps ONNX Runtime's optimized form of the fused graph, so this runs once per graph and machine.
+                graph = fused
+                if EXTERNAL_DATA_FOLDER_KEY not in dict(self.settings.config_entries):
+                    options.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY, str(self.model_path.parent.resolve()))
         staging = None
         if self.cached_graph is not None:
             staging = _start_cache_entry(self.cached_graph, options)
         try:
-            # A path, not bytes: ONNX Runtime then finds external data (model.onnx.data) beside the graph.
-            session = onnxruntime.InferenceSession(
-                str(self.model_path), sess_options=options, providers=providers, enable_fallback=0
-            )
+            session = onnxruntime.InferenceSession(graph, sess_options=options, providers=providers, enable_fallback=0)
         except LOAD_ERRORS as error:
             raise PackageError(
                 f"onnxruntime could not load {self.model_path} (network {self.name}) on {provider}: {error}"

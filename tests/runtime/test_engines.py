@@ -81,7 +81,9 @@ def affine_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def affine(affine_dir):
-    return load_engine(affine_dir, provider="cpu")
+    # Built from the graph itself: a cache entry left by an earlier test of affine_dir would give a session whose
+    # optimizations are off (already applied), and the settings tests read the session's options.
+    return load_engine(affine_dir, provider="cpu", settings=SessionSettings(cache_dir=None))
 
 
 def test_outputs_equal_numpy_and_engine_metadata(affine):
