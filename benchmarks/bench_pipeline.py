@@ -545,7 +545,12 @@ def history_section(report: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"## {report['date']} — {mode}: {', '.join(s['sizes'])}, {s['steps']} steps, commit {report['commit']}"
-            + (f" with uncommitted changes to {', '.join(report['uncommitted'])}" if report["uncommitted"] else ""),
+            + (f" with uncommitted changes to {', '.join(report['uncommitted'])}" if report["uncommitted"] else "")
+            + (
+                f" (HEAD was {report['commit_at_end']} at the end)"
+                if report["commit_at_end"] != report["commit"]
+                else ""
+            ),
             "",
             f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores']} cores ({m['usable_cores']} usable), "
             f"{m['ram_gib']} GiB RAM, {m['os']}, Python {m['python']}; "
@@ -639,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
-    loadavg, changed = os.getloadavg(), uncommitted()
+    # What runs is the tree as the run starts; others may commit meanwhile on a shared checkout.
+    loadavg, commit, changed = os.getloadavg(), git("rev-parse", "--short", "HEAD"), uncommitted()
     sizes, steps, warm = MODES["tiny" if args.tiny else "quick" if args.quick else "full"]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes
     steps, warm = args.steps or steps, args.warm or warm
@@ -666,9 +672,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(loadavg),
-        "commit": git("rev-parse", "--short", "HEAD"),
-        # tracked files changed before or after the run: then the commit alone does not say what ran
-        "uncommitted": sorted(set(changed) | set(uncommitted())),
+        "commit": commit,
+        "commit_at_end": git("rev-parse", "--short", "HEAD"),
+        # tracked files that differed from the commit as the run started: then the commit alone does not say what ran
+        "uncommitted": changed,
         "quick": bool(args.quick),
         "settings": {
             "tiny": bool(args.tiny),

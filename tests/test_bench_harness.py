@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory) -> tuple[dict, Path]:
 
 def test_report_names_the_machine_commit_and_settings(tiny_run):
     report, _ = tiny_run
-    assert {"machine", "commit", "uncommitted", "quick", "rows", "ratios", "settings"} <= report.keys()
+    assert {"machine", "commit", "commit_at_end", "uncommitted", "quick", "rows", "ratios", "settings"} <= report.keys()
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["ram_gib"] > 0 and machine["python"]
     assert machine["versions"]["onnxruntime"] and machine["versions"]["diffusers"]
