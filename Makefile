@@ -61,7 +61,7 @@ demo: engines
 
 # make bench [QUICK=1]: text-to-image latency of diffrt (ORT CPU) beside diffusers (torch) and OpenVINO on the SD 1.5
 # architecture (random weights, built and exported once under build/bench/); writes benchmarks/results/latest.json
-# and a section of benchmarks/RESULTS.md. QUICK=1: 256x256, 4 steps (minutes); else 256 and 512, 20 steps.
+# and a section of benchmarks/RESULTS.md. QUICK=1: 256x256, 8 steps (minutes); else 256 and 512, 20 steps.
 # OpenVINO is not a dependency: installed here when the index has it, else its backend is recorded as skipped.
 QUICK ?=
 bench: $(STAMP)

@@ -111,6 +111,9 @@ class SessionSettings:
       is most of an SD1.5 UNet's peak memory (``benchmarks/ATTENTION.md``). The fused graph is what the graph cache
       keeps, so the pass runs once per graph and machine. Needs the ``onnx`` package; without it graphs run as they
       are. Other providers always get the graph as exported.
+    - ``shared_arena``: CPU sessions with ``memory_arena`` draw from one arena per process instead of one each. Each
+      session's arena keeps its own high-water mark, so a pipeline would otherwise hold the UNet's and the VAE's
+      peaks at once; shared, it holds the larger (SD1.5 at 512x512: 5.29 -> 4.86 GB, ``benchmarks/MEMORY.md``).
     """
 
     intra_op_threads: int | None = None
@@ -124,6 +127,7 @@ class SessionSettings:
     config_entries: tuple[tuple[str, str], ...] = ()
     cache_dir: str | os.PathLike | None = "auto"
     fuse_attention: bool = True
+    shared_arena: bool = True
 
     def __post_init__(self) -> None:
         if self.intra_op_threads is not None and not _positive_int(self.intra_op_threads):
@@ -134,8 +138,9 @@ class SessionSettings:
             raise ConfigError(f"inter_op_threads={self.inter_op_threads!r} is not accepted; give a positive int.")
         check_choice("graph_optimization", self.graph_optimization, GRAPH_OPTIMIZATIONS, "SessionSettings")
         check_choice("log_level", self.log_level, (0, 1, 2, 3, 4), "SessionSettings")
-        if not isinstance(self.fuse_attention, bool):
-            raise ConfigError(f"fuse_attention={self.fuse_attention!r} is not accepted; give True or False.")
+        for flag in ("fuse_attention", "shared_arena"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag}={getattr(self, flag)!r} is not accepted; give True or False.")
         if not (isinstance(self.device_id, int) and self.device_id >= 0):
             raise ConfigError(f"device_id={self.device_id!r} is not accepted; give a CUDA device index (int >= 0).")
         entries = self.config_entries

@@ -111,7 +111,15 @@ def auto_provider() -> tuple[str, list[tuple[str, str]]]:
     return CPU, [(CUDA, why)]
 
 
-def session_options(settings: SessionSettings) -> onnxruntime.SessionOptions:
+@functools.cache
+def _register_shared_arena() -> None:
+    """One CPU arena for every session of this process that asks for it (``session.use_env_allocators``)."""
+    arena, default = onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, onnxruntime.OrtMemType.DEFAULT
+    memory = onnxruntime.OrtMemoryInfo("Cpu", arena, 0, default)
+    onnxruntime.create_and_register_allocator(memory, onnxruntime.OrtArenaCfg(0, -1, -1, -1))
+
+
+def session_options(settings: SessionSettings, provider: str = CPU) -> onnxruntime.SessionOptions:
     """``settings`` as ONNX Runtime session options (sequential execution)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_thread_count
@@ -122,6 +130,9 @@ def session_options(settings: SessionSettings) -> onnxruntime.SessionOptions:
     options.enable_cpu_mem_arena = settings.memory_arena
     options.enable_mem_pattern = settings.memory_pattern
     entries = dict.fromkeys(SPINNING_KEYS, "1" if settings.spinning else "0")
+    if settings.shared_arena and settings.memory_arena and provider == CPU:
+        _register_shared_arena()
+        entries["session.use_env_allocators"] = "1"
     entries.update(settings.config_entries)  # merged first: ORT warns when a key is added twice
     for key, value in entries.items():
         options.add_session_config_entry(key, value)
@@ -265,7 +276,7 @@ class OrtEngine:
         self.model_path: Path = model_file(model_path)
         self.name: str = name or network_name(self.model_path)
         self.settings: SessionSettings = settings or SessionSettings()
-        requested = resolve_provider(provider, owner=self.name)
+        requested = self.requested_provider = resolve_provider(provider, owner=self.name)
         self.session = self._create_session(requested)
         self.provider: str = self.session.get_providers()[0]
         if self.provider != requested:
@@ -296,7 +307,7 @@ class OrtEngine:
             session = self._open_cached(providers)
             if session is not None:
                 return session
-        options = session_options(self.settings)
+        options = session_options(self.settings, provider)
         # A path: ONNX Runtime then finds external data (model.onnx.data) beside the graph.
         graph: str | bytes = str(self.model_path)
         if provider == CPU and self.settings.fuse_attention:
@@ -326,7 +337,7 @@ class OrtEngine:
 
     def _open_cached(self, providers: list) -> onnxruntime.InferenceSession | None:
         """The session from the cached optimized graph (optimizations already applied); None if it is unusable."""
-        options = session_options(self.settings)
+        options = session_options(self.settings, self.requested_provider)
         options.graph_optimization_level = OPTIMIZATION_LEVELS["disable"]
         try:
             session = onnxruntime.InferenceSession(

@@ -400,3 +400,13 @@ def test_no_cache_when_off_and_a_warning_when_unwritable(affine_dir, tmp_path, c
     with caplog.at_level(logging.WARNING, logger="diffrt.engines"):
         engine = load_engine(affine_dir, provider="cpu", settings=SessionSettings(cache_dir=blocker))
     assert "not writable" in caplog.text and engine.run({"x": np.ones((2, 8), np.float32)})["y"].shape == (2, 5)
+
+
+def test_cpu_sessions_share_one_arena_unless_told_not_to(affine_dir):
+    shared = load_engine(affine_dir, provider="cpu", settings=SessionSettings(cache_dir=None))
+    own = load_engine(affine_dir, provider="cpu", settings=SessionSettings(cache_dir=None, shared_arena=False))
+    assert shared.session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+    with pytest.raises(RuntimeError, match="use_env_allocators"):  # never set: each session keeps its own arena
+        own.session.get_session_options().get_session_config_entry("session.use_env_allocators")
+    x = RNG.standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_array_equal(shared.run({"x": x})["y"], own.run({"x": x})["y"])
