@@ -10,10 +10,11 @@ also writes it); the cache filled (every later start). Each times process start 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from children import json_child  # the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
@@ -34,8 +35,7 @@ print(json.dumps(row))
 
 
 def run(package: Path, cache: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(package), cache], capture_output=True, text=True, check=True)
-    return {k: round(v, 2) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    return json_child(CHILD, str(package), cache)
 
 
 def main() -> int:

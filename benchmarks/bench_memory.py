@@ -10,10 +10,11 @@ compare steady-state servers. Two steps are enough: peak memory does not grow wi
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from children import json_child  # the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DIFFRT = """
@@ -39,20 +40,15 @@ print(json.dumps({"after_load_gb": loaded, "peak_gb": resource.getrusage(resourc
 """
 
 
-def child(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
-    return {k: round(v, 2) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
-
-
 def main() -> int:
     package = Path(sys.argv[1]) if len(sys.argv) > 2 else ROOT / "build" / "bench" / "sd15-package"
     source = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "build" / "bench" / "sd15-source"
     with tempfile.TemporaryDirectory(prefix="diffrt-mem-") as cache:
-        child(DIFFRT, str(package), cache, "shared")  # fills the graph cache
+        json_child(DIFFRT, str(package), cache, "shared")  # fills the graph cache
         rows = {
-            "diffrt, shared arena (default)": child(DIFFRT, str(package), cache, "shared"),
-            "diffrt, one arena per session": child(DIFFRT, str(package), cache, "own"),
-            "diffusers (torch fp32)": child(DIFFUSERS, str(source)),
+            "diffrt, shared arena (default)": json_child(DIFFRT, str(package), cache, "shared"),
+            "diffrt, one arena per session": json_child(DIFFRT, str(package), cache, "own"),
+            "diffusers (torch fp32)": json_child(DIFFUSERS, str(source)),
         }
     base = rows["diffrt, shared arena (default)"]["peak_gb"]
     result = {

@@ -43,6 +43,7 @@ class EnginePackage:
         self.provider = provider
         self.session_settings = session_settings or SessionSettings()
         self._engines: dict[str, Engine] = {}
+        self._tokenizer: CLIPTokenizer | None = None
         self._lock = threading.Lock()
 
     # ----- what the package holds -------------------------------------------------------------------------------
@@ -98,9 +99,15 @@ class EnginePackage:
             return self._engines[network]
 
     def tokenizer(self) -> CLIPTokenizer:
-        if not (self.path / "tokenizer").is_dir():
-            raise PackageError(f"engine package {str(self.path)!r} has no tokenizer/ folder; text prompts need it.")
-        return CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
+        """The package's tokenizer, built once (its BPE tables take ~60 ms) and shared like the engines."""
+        with self._lock:
+            if self._tokenizer is None:
+                if not (self.path / "tokenizer").is_dir():
+                    raise PackageError(
+                        f"engine package {str(self.path)!r} has no tokenizer/ folder; text prompts need it."
+                    )
+                self._tokenizer = CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
+            return self._tokenizer
 
     def scheduler(self) -> Scheduler:
         path = self.path / "scheduler" / "scheduler_config.json"

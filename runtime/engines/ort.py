@@ -162,6 +162,7 @@ def cached_graph_folder(model: Path, provider: str, settings: SessionSettings) -
     return root / "ort" / f"{network_name(model)}-{key.hexdigest()[:20]}"
 
 
+@functools.cache
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

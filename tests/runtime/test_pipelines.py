@@ -197,6 +197,7 @@ def test_from_pipe_reuses_the_loaded_engines(t2i):
     assert type(img2img) is StableDiffusionImg2ImgPipeline and type(inpaint) is StableDiffusionInpaintPipeline
     for pipe in (img2img, inpaint, back):
         assert pipe.unet is t2i.unet and pipe.text_encoder is t2i.text_encoder and pipe.vae_decoder is t2i.vae_decoder
+        assert pipe.tokenizer is t2i.tokenizer  # built once per package, like the sessions
     assert img2img.vae_encoder is inpaint.vae_encoder
     assert AutoPipelineForText2Image.from_pipe(t2i) is t2i
 
