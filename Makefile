@@ -13,6 +13,10 @@ JOBS   ?= 2
 MODEL  ?=
 OUT    ?= engines/default
 EXPORT_ARGS ?=
+# make engines PROVIDER=tensorrt [ENGINES_ARGS="--precision fp16 --refittable"]: also build TensorRT plans for this
+# GPU into OUT/engines/ (needs an NVIDIA GPU and TensorRT 10: pip install -e ".[trt]"). Default: ONNX graphs only.
+PROVIDER ?= onnxruntime
+ENGINES_ARGS ?=
 # make demo [PROMPT="..."] [STEPS=20] [DEMO_OUT=build/demo.png]: generate from the package OUT, torch-free.
 PROMPT ?= a photograph of an astronaut riding a horse
 STEPS  ?= 20
@@ -54,6 +58,9 @@ ifeq ($(MODEL),)
 	$(PY) -m diffrt export build/default-model $(OUT) --force $(EXPORT_ARGS)
 else
 	$(PY) -m diffrt export "$(MODEL)" $(OUT) $(EXPORT_ARGS)
+endif
+ifeq ($(PROVIDER),tensorrt)
+	$(PY) -m diffrt engines build $(OUT) $(ENGINES_ARGS)
 endif
 
 demo: engines

@@ -130,6 +130,18 @@ def _lora(args: argparse.Namespace) -> int:
     return run_lora(args)
 
 
+def _add_engines(p: argparse.ArgumentParser) -> None:
+    from diffrt.runtime.engines_cli import add_arguments
+
+    add_arguments(p)
+
+
+def _engines(args: argparse.Namespace) -> int:
+    from diffrt.runtime.engines_cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run). Later stages register export, generate, engines, bench here.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("show versions and available execution backends", _add_info, _info),
@@ -138,6 +150,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export": ("export a diffusers folder or single-file checkpoint to an engine package", _add_export, _export),
     "generate": ("generate images with an engine package (torch-free)", _add_generate, _generate),
     "lora": ("swap LoRA adapters in an exported package without re-tracing", _add_lora, _lora),
+    "engines": ("build, inspect and refit TensorRT plans of a package", _add_engines, _engines),
 }
 
 

@@ -6,7 +6,7 @@ importing the package stays light for tools that only need schedulers or the tok
 
 import importlib
 
-from .errors import ConfigError, DiffrtError, PackageError
+from .errors import BackendUnavailable, ConfigError, DiffrtError, PackageError
 from .schedulers import SCHEDULERS, SchedulerOutput, scheduler_from_config
 from .tokenizer import CLIPTokenizer, TokenizedPrompts
 
@@ -24,6 +24,7 @@ _LAZY = {
     "Engine": ".engines",
     "SessionSettings": ".engines",
     "load_engine": ".engines",
+    "StageTimings": ".timing",
 }
 
 
@@ -36,6 +37,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BackendUnavailable",
     "CLIPTokenizer",
     "ConfigError",
     "DiffrtError",

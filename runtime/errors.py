@@ -15,6 +15,11 @@ class PackageError(DiffrtError, FileNotFoundError):
     """A model or engine package folder that lacks a file diffrt needs, or holds one it cannot read."""
 
 
+class BackendUnavailable(ConfigError):
+    """An execution backend asked for by name that this machine cannot run: its library is not installed, there is
+    no GPU, or no engine was built for this GPU. The message names what is missing and what to install or run."""
+
+
 class CheckpointError(DiffrtError, ValueError):
     """A checkpoint file or folder (weights, config, LoRA) that diffrt refuses or cannot read."""
 

@@ -7,6 +7,7 @@ the same layout (see DESIGN.md) and both load here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -22,6 +23,7 @@ from .tokenizer import CLIPTokenizer
 INDEX_NAME = "model_index.json"
 PROVENANCE_NAME = "diffrt.json"
 NETWORKS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "depth_estimator")
+FP32_NETWORKS = ("depth_estimator",)  # computed in fp32 under precision="auto" (see settings_for)
 
 
 class EnginePackage:
@@ -94,9 +96,19 @@ class EnginePackage:
                 if not self.has(network):
                     self.require((network,), f"the {network} engine")
                 self._engines[network] = load_engine(
-                    self.path / network, provider=self.provider, settings=self.session_settings, name=network
+                    self.path / network, provider=self.provider, settings=self.settings_for(network), name=network
                 )
             return self._engines[network]
+
+    def settings_for(self, network: str) -> SessionSettings:
+        """The session settings of ``network``: the package's, except that under ``precision="auto"`` the depth
+        estimator stays fp32 on GPUs. It runs once per image, and the pipeline rescales its output by its own
+        min-max range, so fp16's 3 significant digits would show directly in the conditioning (and a graph with a
+        small output range, like the test models', comes out flat)."""
+        settings = self.session_settings
+        if network in FP32_NETWORKS and settings.precision == "auto":
+            return dataclasses.replace(settings, precision="fp32")
+        return settings
 
     def tokenizer(self) -> CLIPTokenizer:
         """The package's tokenizer, built once (its BPE tables take ~60 ms) and shared like the engines."""

@@ -4,14 +4,16 @@ An :class:`Engine` takes a dict of NumPy feeds and returns a dict of NumPy outpu
 the backend. :func:`load_engine` opens a network folder of an engine package (``<package>/unet/model.onnx``) or an
 ``.onnx`` file and picks the backend:
 
-- ``"auto"``: TensorRT plans, then ONNX Runtime's CUDA provider, then its CPU provider; the choice and the reason
-  each earlier candidate was skipped are logged at INFO on the ``diffrt.engines`` logger;
-- ``"cpu"`` / ``"cuda"``: ONNX Runtime's CPU / CUDA execution provider;
+- ``"auto"``: TensorRT, then ONNX Runtime's CUDA provider, then its CPU provider. Each GPU candidate is tried only
+  where it can run (its library imports, a GPU is there, for TensorRT a current plan was built for this GPU); the
+  choice and the reason each earlier candidate was skipped are logged at INFO on the ``diffrt.engines`` logger;
+- ``"tensorrt"`` (``"trt"``): a TensorRT plan built by ``diffrt engines build`` (``<package>/engines/<gpu>-trt<v>/``);
+- ``"cuda"`` / ``"cpu"``: ONNX Runtime's CUDA / CPU execution provider;
 - an ONNX Runtime provider name (``"CUDAExecutionProvider"``, ``"OpenVINOExecutionProvider"``, ...).
 
-The TensorRT backend (``engines/<gpu>-trt<version>/`` plans) is not part of this release; it will implement the same
-protocol and slot in where :func:`load_engine` names it. This module imports neither torch nor onnxruntime:
-onnxruntime is imported when the first ONNX Runtime engine is loaded.
+A backend named explicitly that cannot run here raises :class:`~diffrt.runtime.errors.BackendUnavailable`, which
+names what is missing (the library, the GPU, the plan for this GPU) and what to install or run. This module imports
+neither torch, onnxruntime nor tensorrt: each backend's library is imported when its first engine is loaded.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigError, PackageError, check_choice
+from ..errors import BackendUnavailable, ConfigError, PackageError, check_choice
 
 logger = logging.getLogger("diffrt.engines")
 
 MODEL_FILE = "model.onnx"
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
-# Names a user may reach for before the TensorRT backend exists; they get a clear "not yet" instead of "unknown".
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TENSORRT_NAMES = ("tensorrt", "trt")
 
 __all__ = [
@@ -114,6 +116,12 @@ class SessionSettings:
     - ``shared_arena``: CPU sessions with ``memory_arena`` draw from one arena per process instead of one each. Each
       session's arena keeps its own high-water mark, so a pipeline would otherwise hold the UNet's and the VAE's
       peaks at once; shared, it holds the larger (SD1.5 at 512x512: 5.29 -> 4.86 GB, ``benchmarks/MEMORY.md``).
+    - ``precision``: what GPU backends compute in. ``"auto"``: fp16 on ONNX Runtime CUDA and TensorRT, fp32 on the
+      CPU. ``"fp16"`` converts graphs with :mod:`diffrt.kernels.fp16` (numerically fragile ops stay fp32);
+      ``"bf16"`` is TensorRT's only (on GPUs that have it). Inputs and outputs stay float32 whatever the precision.
+    - ``cuda_graph``: GPU backends capture the network's kernels once per input shape as a CUDA graph and replay it,
+      which removes the per-kernel launch cost (noticeable at small sizes). Needs inputs of fixed shapes per engine
+      (ONNX Runtime builds one graph per session).
     """
 
     intra_op_threads: int | None = None
@@ -128,6 +136,8 @@ class SessionSettings:
     cache_dir: str | os.PathLike | None = "auto"
     fuse_attention: bool = True
     shared_arena: bool = True
+    precision: str = "auto"
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.intra_op_threads is not None and not _positive_int(self.intra_op_threads):
@@ -138,7 +148,8 @@ class SessionSettings:
             raise ConfigError(f"inter_op_threads={self.inter_op_threads!r} is not accepted; give a positive int.")
         check_choice("graph_optimization", self.graph_optimization, GRAPH_OPTIMIZATIONS, "SessionSettings")
         check_choice("log_level", self.log_level, (0, 1, 2, 3, 4), "SessionSettings")
-        for flag in ("fuse_attention", "shared_arena"):
+        check_choice("precision", self.precision, PRECISIONS, "SessionSettings")
+        for flag in ("fuse_attention", "shared_arena", "cuda_graph"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag}={getattr(self, flag)!r} is not accepted; give True or False.")
         if not (isinstance(self.device_id, int) and self.device_id >= 0):
@@ -195,42 +206,76 @@ def load_engine(
 ) -> Engine:
     """Open the network at ``path`` (a package's network folder or an ``.onnx`` file) on ``provider``.
 
-    ``provider`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or an ONNX Runtime provider name; ``name`` defaults to the
-    network folder's name. External data (``model.onnx.data``) beside the graph is read from there.
+    ``provider`` is ``"auto"``, ``"tensorrt"``, ``"cuda"``, ``"cpu"`` or an ONNX Runtime provider name; ``name``
+    defaults to the network folder's name. External data (``model.onnx.data``) beside the graph is read from there.
     """
     model = model_file(path)
     name = name or network_name(model)
     settings = settings or SessionSettings()
     if not isinstance(provider, str):
         raise ConfigError(
-            f"provider={provider!r} for {name} is not a string; give 'auto', 'cpu', 'cuda' or an ONNX Runtime provider."
+            f"provider={provider!r} for {name} is not a string; "
+            "give 'auto', 'tensorrt', 'cuda', 'cpu' or an ONNX Runtime provider."
         )
     if provider.lower() in TENSORRT_NAMES:
-        raise ConfigError(
-            f"provider={provider!r} for {name}: the TensorRT backend is not part of this release; "
-            "use 'auto', 'cpu', 'cuda' or an ONNX Runtime provider name."
-        )
-    ort = _ort_backend()
+        return _tensorrt_engine(model, name, settings)
     if provider != "auto":
-        ort.resolve_provider(provider, owner=name, extra=("auto",))  # here, so its error lists 'auto' too
+        ort = _ort_backend(provider)
+        ort.resolve_provider(provider, owner=name, extra=("auto", *TENSORRT_NAMES))  # its error lists all values
         return ort.OrtEngine(model, provider, settings, name)
-    # The auto chain: TensorRT plans first once that backend exists, then ONNX Runtime's providers.
-    skipped = [("TensorRT", "the TensorRT backend is not part of this release")]
-    chosen, ort_skipped = ort.auto_provider()
-    skipped += ort_skipped
-    reasons = "; ".join(f"{candidate}: {why}" for candidate, why in skipped)
-    logger.info("%s: provider 'auto' chose ONNX Runtime %s (skipped %s)", name, chosen, reasons)
-    return ort.OrtEngine(model, chosen, settings, name, fallback_to_cpu=True)
+    skipped: list[tuple[str, str]] = []
+    for candidate, open_engine in (("TensorRT", _tensorrt_engine), ("ONNX Runtime CUDA", _ort_cuda_engine)):
+        try:
+            engine = open_engine(model, name, settings)
+        except BackendUnavailable as error:
+            skipped.append((candidate, str(error)))
+            continue
+        except PackageError as error:  # a plan or graph that exists but does not load: the next backend may
+            logger.warning("%s: %s could not open it (%s); trying the next backend", name, candidate, error)
+            skipped.append((candidate, str(error)))
+            continue
+        _log_choice(name, f"{candidate} ({engine.provider})", skipped)
+        return engine
+    engine = _ort_backend("cpu").OrtEngine(model, "cpu", settings, name)
+    _log_choice(name, f"ONNX Runtime {engine.provider}", skipped)
+    return engine
 
 
-def _ort_backend() -> ModuleType:
-    # Imported late so this package (and the TensorRT backend to come) loads without onnxruntime.
+def _log_choice(name: str, chosen: str, skipped: list[tuple[str, str]]) -> None:
+    reasons = "; ".join(f"{candidate}: {why}" for candidate, why in skipped) or "none"
+    logger.info("%s: provider 'auto' chose %s (skipped %s)", name, chosen, reasons)
+
+
+def _tensorrt_engine(model: Path, name: str, settings: SessionSettings) -> Engine:
+    """A TensorRT engine from the package's plan for this GPU; BackendUnavailable says what is missing."""
+    from .trt_plans import trt_backend
+
+    try:
+        backend = trt_backend()
+    except BackendUnavailable as error:
+        raise BackendUnavailable(
+            f"provider='tensorrt' for {name} needs TensorRT 10's Python package: {error}"
+        ) from error
+    return backend.open_engine(model, name, settings)
+
+
+def _ort_cuda_engine(model: Path, name: str, settings: SessionSettings) -> Engine:
+    return _ort_backend("cuda").OrtEngine(model, "cuda", settings, name)
+
+
+def _ort_backend(provider: str) -> ModuleType:
+    # Imported late so this package (and the TensorRT backend) loads without onnxruntime.
     try:
         from . import ort
     except ImportError as error:
         if error.name != "onnxruntime":
             raise
-        raise ImportError(
-            "onnxruntime is not installed; install diffrt[cpu] (onnxruntime) or diffrt[gpu] (onnxruntime-gpu)."
+        if provider.lower() in ("cpu", "cpuexecutionprovider"):
+            raise ImportError(
+                "onnxruntime is not installed; install diffrt[cpu] (onnxruntime) or diffrt[gpu] (onnxruntime-gpu)."
+            ) from error
+        raise BackendUnavailable(
+            f"provider={provider!r} needs onnxruntime, which is not installed; install diffrt[gpu] (onnxruntime-gpu) "
+            "for NVIDIA GPUs or diffrt[cpu] (onnxruntime)."
         ) from error
     return ort

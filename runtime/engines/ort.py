@@ -3,8 +3,15 @@
 The session is created once and shared: ``InferenceSession.run`` may be called from several threads at once, and
 :meth:`OrtEngine.run` keeps no state between calls, so one engine serves concurrent requests without a lock.
 ONNX Runtime's own fallback (which prints to stdout and, on a provider failure during ``run``, rebuilds the session
-on the CPU under the feet of other threads) is turned off; a provider that does not start is handled here instead:
-an error when it was asked for by name, a warning and the CPU provider under ``provider="auto"``.
+on the CPU under the feet of other threads) is turned off; a provider that does not start raises
+:class:`~diffrt.runtime.errors.BackendUnavailable`, and ``provider="auto"`` (in :func:`~diffrt.runtime.engines.
+load_engine`) then opens the graph again on the CPU.
+
+On the CUDA provider an engine computes in fp16 by default (``SessionSettings.precision``): the graph, with its
+attention fused into ``MultiHeadAttention`` (flash attention on the GPU), is converted once by
+:mod:`diffrt.kernels.fp16` and kept in the graph cache. Inputs and outputs stay float32 NumPy arrays; they are bound
+to device buffers allocated once per input shape (I/O binding), and with ``SessionSettings.cuda_graph`` each shape
+runs as a captured CUDA graph in a session of its own with that shape fixed.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import json
 import os
 import platform
 import shutil
+import tempfile
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +33,7 @@ import numpy as np
 import onnxruntime
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from ..errors import ConfigError, PackageError
+from ..errors import BackendUnavailable, ConfigError, PackageError
 from . import MODEL_FILE, SessionSettings, TensorInfo, logger, model_file, network_name
 
 CPU = "CPUExecutionProvider"
@@ -79,10 +88,10 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def _lacking(provider: str, ort_name: str, owner: str) -> ConfigError:
+def _lacking(provider: str, ort_name: str, owner: str) -> BackendUnavailable:
     package = PROVIDER_PACKAGES.get(ort_name)
     hint = f"{package} provides it" if package else "install an onnxruntime build that provides it"
-    return ConfigError(
+    return BackendUnavailable(
         f"provider={provider!r} for {owner} needs ONNX Runtime's {ort_name}, which the installed onnxruntime "
         f"{onnxruntime.__version__} does not offer (it offers {', '.join(available_providers())}); {hint}."
     )
@@ -103,12 +112,54 @@ def resolve_provider(provider: str, owner: str, extra: tuple[str, ...] = ()) -> 
     raise ConfigError(f"provider={provider!r} is not supported for {owner}; accepted values: {accepted}.")
 
 
-def auto_provider() -> tuple[str, list[tuple[str, str]]]:
-    """ONNX Runtime's part of the ``"auto"`` chain: CUDA where offered, else CPU; with the skipped and why."""
-    if CUDA in available_providers():
-        return CUDA, []
-    why = f"the installed onnxruntime {onnxruntime.__version__} does not offer it (onnxruntime-gpu does)"
-    return CPU, [(CUDA, why)]
+def cuda_unavailable(device_id: int = 0) -> str | None:
+    """Why ONNX Runtime's CUDA provider cannot run here (no CUDA build, no driver, no such GPU), or None."""
+    if CUDA not in available_providers():
+        return (
+            f"the installed onnxruntime {onnxruntime.__version__} is a build without {CUDA} (it offers "
+            f"{', '.join(available_providers())}); install onnxruntime-gpu (pip install 'diffrt[gpu]') in place of "
+            "onnxruntime"
+        )
+    from .cuda import device, driver_status
+
+    usable, why = driver_status()
+    if not usable:
+        return why
+    try:
+        device(device_id)
+    except Exception as error:  # an index past the last GPU: the driver's own message says so
+        return f"CUDA device {device_id} is not usable: {error}"
+    return None
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that the nvidia-* wheels install (onnxruntime >= 1.21), once; where they
+    are not installed that way the system's (LD_LIBRARY_PATH) are used, as before."""
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as error:  # the session then reports precisely what it could not load
+        logger.debug("onnxruntime.preload_dlls() failed: %s", error)
+
+
+def precision_for(setting: str, provider: str, owner: str) -> str:
+    """The precision an engine on ``provider`` computes in for ``SessionSettings.precision`` = ``setting``."""
+    if setting == "auto":
+        return "fp16" if provider == CUDA else "fp32"
+    if setting == "bf16":
+        raise ConfigError(
+            f"precision='bf16' for {owner} is for TensorRT; ONNX Runtime's {provider} takes 'auto', 'fp16' "
+            "(CUDA only) or 'fp32'."
+        )
+    if setting == "fp16" and provider != CUDA:
+        raise ConfigError(
+            f"precision='fp16' for {owner} needs a GPU provider ('cuda' or 'tensorrt'); ONNX Runtime's {provider} "
+            "computes in fp32: give 'auto' or 'fp32'."
+        )
+    return setting
 
 
 @functools.cache
@@ -144,22 +195,38 @@ def cached_graph_folder(model: Path, provider: str, settings: SessionSettings) -
 
     The key covers what the optimized graph depends on: the graph's files (path, size, modification time), the
     onnxruntime version, the optimization level and the CPU's instruction sets (level "all" picks kernels and
-    layouts for them). Only the CPU provider is cached: GPU providers optimize for the device at hand.
+    layouts for them). Only the CPU provider's sessions are cached: GPU providers optimize for the device at hand
+    (their fp16 graphs are cached by :func:`converted_graph_folder`).
     """
-    root = settings.cache_path
-    if root is None or provider != CPU or settings.graph_optimization == "disable":
+    if settings.cache_path is None or provider != CPU or settings.graph_optimization == "disable":
         return None
-    key = hashlib.sha256()
     parts = [onnxruntime.__version__, provider, settings.graph_optimization, _cpu_flags()]
     attention = _attention_pass() if settings.fuse_attention else None
     if attention is not None:  # the fused graph is another graph; unfused keys stay as they were
         parts.append(f"fuse_attention-{attention.PASS_VERSION}")
+    return _keyed_folder(settings.cache_path / "ort", model, parts)
+
+
+def converted_graph_folder(model: Path, settings: SessionSettings, fp16_version: str, fused: bool) -> Path | None:
+    """Where ``model`` converted to fp16 (attention fused first when ``fused``) is cached; None when caching is off.
+
+    The conversion does not depend on the GPU or the onnxruntime version, only on the graph and the passes."""
+    if settings.cache_path is None:
+        return None
+    parts = ["fp16", f"fp16-{fp16_version}"]
+    if fused:
+        parts.append(f"fuse_attention-{_attention_pass().PASS_VERSION}")
+    return _keyed_folder(settings.cache_path / "fp16", model, parts)
+
+
+def _keyed_folder(root: Path, model: Path, parts: list[str]) -> Path:
+    key = hashlib.sha256()
     for part in parts:
         key.update(part.encode() + b"\0")
     for file in sorted(model.parent.glob(model.name + "*")):
         stat = file.stat()
         key.update(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode() + b"\0")
-    return root / "ort" / f"{network_name(model)}-{key.hexdigest()[:20]}"
+    return root / f"{network_name(model)}-{key.hexdigest()[:20]}"
 
 
 @functools.cache
@@ -260,9 +327,9 @@ class OrtEngine:
 
     ``provider`` is "cpu", "cuda" or a provider name the installed onnxruntime offers (use
     :func:`~diffrt.runtime.engines.load_engine` for "auto"). Nodes the provider cannot run fall back to the CPU
-    provider, as ONNX Runtime partitions graphs. When the provider itself does not start, the engine raises
-    ConfigError, or with ``fallback_to_cpu`` logs a warning and runs on the CPU. ``session`` is the
-    ``onnxruntime.InferenceSession``, public for advanced use (IO binding, profiling).
+    provider, as ONNX Runtime partitions graphs. A provider that cannot run here (no CUDA build, no GPU, libraries
+    that do not load) raises BackendUnavailable. ``session`` is the ``onnxruntime.InferenceSession``, public for
+    advanced use (profiling); ``precision`` is what it computes in ("fp32" or "fp16").
     """
 
     def __init__(
@@ -271,57 +338,115 @@ class OrtEngine:
         provider: str = CPU,
         settings: SessionSettings | None = None,
         name: str | None = None,
-        *,
-        fallback_to_cpu: bool = False,
     ) -> None:
         self.model_path: Path = model_file(model_path)
         self.name: str = name or network_name(self.model_path)
         self.settings: SessionSettings = settings or SessionSettings()
         requested = self.requested_provider = resolve_provider(provider, owner=self.name)
+        self.precision: str = precision_for(self.settings.precision, requested, self.name)
+        if requested == CUDA:
+            why = cuda_unavailable(self.settings.device_id)
+            if why:
+                raise BackendUnavailable(f"provider={provider!r} for {self.name} cannot run here: {why}.")
+            _preload_cuda_libraries()
+        elif self.settings.cuda_graph:
+            raise ConfigError(f"cuda_graph=True for {self.name} needs a GPU provider; {requested} has no CUDA graphs.")
+        self._graph_file = self._graph_for(requested)
         self.session = self._create_session(requested)
         self.provider: str = self.session.get_providers()[0]
         if self.provider != requested:
-            if not fallback_to_cpu:
-                raise ConfigError(
-                    f"provider={provider!r} for {self.name}: onnxruntime offers {requested} but could not start it "
-                    f"(its log says why, usually missing CUDA or cuDNN libraries) and would run on {self.provider}; "
-                    "use provider='cpu' or 'auto' to accept that."
-                )
-            logger.warning(
-                "%s: onnxruntime could not start %s (its log says why, usually missing CUDA or cuDNN libraries); "
-                "running on %s",
-                self.name,
-                requested,
-                self.provider,
+            raise BackendUnavailable(
+                f"provider={provider!r} for {self.name}: onnxruntime offers {requested} but could not start it "
+                f"(its log says why: usually CUDA 13 or cuDNN 9 libraries it cannot find, which "
+                "pip install 'onnxruntime-gpu[cuda,cudnn]' provides) and would run on "
+                f"{self.provider}; use provider='cpu', or 'auto' to fall back to it."
             )
         self.inputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_inputs()}
         self.outputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_outputs()}
+        self._device = _DeviceRunner(self) if requested == CUDA else None
 
-    def _create_session(self, provider: str) -> onnxruntime.InferenceSession:
+    def _graph_for(self, provider: str) -> str | bytes:
+        """What the session is built from: the graph's path, its fused form as bytes (weights read from the
+        package), or the path of its fp16 conversion in the cache."""
+        if provider == CUDA and self.precision == "fp16":
+            return str(self._fp16_graph())
+        if provider in (CPU, CUDA) and self.settings.fuse_attention:
+            fused = fused_graph(self.model_path, self.name)
+            if fused is not None:
+                # The fused graph (node edits only, ~1 MB for SD1.5) goes to ONNX Runtime as bytes, told to read the
+                # weights from the original graph's folder. Written to a file it would need its data beside it:
+                # ONNX Runtime refuses external data paths that leave the graph's folder (absolute or ../), and
+                # copying 3.4 GB, or writing into a package that may be read-only, is worse. On the CPU the cache
+                # keeps ONNX Runtime's optimized form of the fused graph, so this runs once per graph and machine.
+                return fused
+        # A path: ONNX Runtime then finds external data (model.onnx.data) beside the graph.
+        return str(self.model_path)
+
+    def _fp16_graph(self) -> Path:
+        """The graph converted to fp16 (attention fused first), from the cache or made now (once per graph)."""
+        try:
+            from ...kernels import fp16
+        except ImportError as error:
+            if error.name != "onnx":
+                raise
+            raise BackendUnavailable(
+                f"precision='fp16' for {self.name} converts the graph with the onnx package, which is not installed; "
+                "pip install 'diffrt[gpu]' (it brings onnx), or give SessionSettings(precision='fp32')."
+            ) from error
+        fuse = self.settings.fuse_attention and _attention_pass() is not None
+        folder = converted_graph_folder(self.model_path, self.settings, str(fp16.PASS_VERSION), fuse)
+        if folder is not None and (folder / MODEL_FILE).is_file():
+            logger.debug("%s: fp16 graph from the cache %s", self.name, folder)
+            return folder / MODEL_FILE
+        if folder is None:  # no cache: a temporary folder, removed with the engine (the session holds the weights)
+            self._scratch = tempfile.TemporaryDirectory(prefix=f"diffrt-{self.name}-fp16-")
+            staging = Path(self._scratch.name)
+        else:
+            staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+        try:
+            report = convert_graph_to_fp16(self.model_path, staging / MODEL_FILE, fuse)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("%s: converted to fp16 for %s (%s)", self.name, CUDA, report)
+        if folder is None:
+            return staging / MODEL_FILE
+        _finish_cache_entry(staging, folder, self.model_path)
+        return folder / MODEL_FILE if (folder / MODEL_FILE).is_file() else self._fp16_uncached(fp16, fuse)
+
+    def _fp16_uncached(self, fp16: ModuleType, fuse: bool) -> Path:
+        # The cache could not be written (read-only, full): convert into a temporary folder instead.
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"diffrt-{self.name}-fp16-")
+        target = Path(self._scratch.name) / MODEL_FILE
+        convert_graph_to_fp16(self.model_path, target, fuse)
+        return target
+
+    def cuda_provider_options(self, **extra: str) -> dict[str, str]:
+        options = {"device_id": str(self.settings.device_id)}
+        options.update(extra)
+        return options
+
+    def _create_session(
+        self, provider: str, dimensions: dict[str, int] | None = None, cuda_graph: bool = False
+    ) -> onnxruntime.InferenceSession:
         providers: list = [CPU]
         if provider == CUDA:
-            providers = [(CUDA, {"device_id": str(self.settings.device_id)}), CPU]
+            extra = {"enable_cuda_graph": "1"} if cuda_graph else {}
+            providers = [(CUDA, self.cuda_provider_options(**extra)), CPU]
         elif provider != CPU:
             providers = [provider, CPU]
+        graph = self._graph_file
         self.cached_graph = cached_graph_folder(self.model_path, provider, self.settings)
         if self.cached_graph is not None and (self.cached_graph / MODEL_FILE).is_file():
             session = self._open_cached(providers)
             if session is not None:
                 return session
         options = session_options(self.settings, provider)
-        # A path: ONNX Runtime then finds external data (model.onnx.data) beside the graph.
-        graph: str | bytes = str(self.model_path)
-        if provider == CPU and self.settings.fuse_attention:
-            fused = fused_graph(self.model_path, self.name)
-            if fused is not None:
-                # The fused graph (node edits only, ~1 MB for SD1.5) goes to ONNX Runtime as bytes, told to read the
-                # weights from the original graph's folder. Written to a file it would need its data beside it:
-                # ONNX Runtime refuses external data paths that leave the graph's folder (absolute or ../), and
-                # copying 3.4 GB, or writing into a package that may be read-only, is worse. The cache below then
-                # keeps ONNX Runtime's optimized form of the fused graph, so this runs once per graph and machine.
-                graph = fused
-                if EXTERNAL_DATA_FOLDER_KEY not in dict(self.settings.config_entries):
-                    options.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY, str(self.model_path.parent.resolve()))
+        for dim, size in (dimensions or {}).items():
+            options.add_free_dimension_override_by_name(dim, size)
+        if isinstance(graph, bytes) and EXTERNAL_DATA_FOLDER_KEY not in dict(self.settings.config_entries):
+            options.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY, str(self.model_path.parent.resolve()))
         staging = None
         if self.cached_graph is not None:
             staging = _start_cache_entry(self.cached_graph, options)
@@ -377,7 +502,10 @@ class OrtEngine:
                 f"{', '.join(str(info) for info in self.inputs.values())}."
             )
         prepared = {name: self._cast(info, feeds[name]) for name, info in self.inputs.items()}
-        results = self.session.run(names, prepared)
+        if self._device is not None:
+            results = self._device.run(prepared, names)
+        else:
+            results = self.session.run(names, prepared)
         # Pipelines do their NumPy work in float32 whatever precision the graph computes in.
         return {
             name: result.astype(np.float32) if result.dtype.kind == "f" and result.dtype != np.float32 else result
@@ -414,3 +542,139 @@ class OrtEngine:
         inputs = ", ".join(str(info) for info in self.inputs.values())
         outputs = ", ".join(str(info) for info in self.outputs.values())
         return f"OrtEngine(name={self.name!r}, provider={self.provider!r}, inputs=[{inputs}], outputs=[{outputs}])"
+
+
+def convert_graph_to_fp16(model: Path, target: Path, fuse: bool) -> str:
+    """Write ``model`` converted to fp16 (attention fused first when ``fuse``) to ``target``, its weights in
+    ``model.onnx.data`` beside it; return a one-line account of what changed."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from ...kernels import fp16
+
+    graph = onnx.load(str(model), load_external_data=False)
+    fused = 0
+    if fuse:  # on the structure only: the pass edits nodes and never reads weights
+        graph, fused = _attention_pass().fuse_attention(graph)
+    load_external_data_for_model(graph, str(model.parent))
+    converted, report = fp16.convert_to_fp16(graph)
+    del graph
+    onnx.save_model(
+        converted,
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=CACHE_DATA_FILE,
+        size_threshold=1024,
+    )
+    return f"{fused} attention blocks fused; {report}"
+
+
+class _DeviceRunner:
+    """Runs a CUDA engine through I/O binding: for each input shape, device buffers for every input and output are
+    allocated once and bound; a run copies the inputs into them, runs, and copies the requested outputs back.
+
+    Outputs whose shape does not follow from the inputs' symbolic dimensions are allocated by ONNX Runtime per run.
+    With ``cuda_graph`` each shape gets a session of its own, built with that shape fixed (so shape arithmetic is
+    folded away and every node runs on the GPU) and CUDA graph capture on; its buffers never move, as replay needs.
+    Runs are serialised by a lock: a binding is state, and the GPU runs one network at a time anyway.
+    """
+
+    def __init__(self, engine: OrtEngine, device: str = "cuda") -> None:
+        self.engine = engine
+        self.device = device  # ONNX Runtime's device name for the buffers ("cpu" lets tests run the logic anywhere)
+        self._lock = threading.Lock()
+        self._bindings: dict[tuple, _Binding] = {}
+        self._plain = False  # set if binding failed: plain session.run from then on (not with cuda_graph)
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        if self._plain:
+            return self.engine.session.run(names, feeds)
+        signature = tuple((name, array.shape) for name, array in feeds.items())
+        with self._lock:
+            binding = self._bindings.get(signature)
+            if binding is not None:
+                return binding.run(feeds, names)
+            try:
+                binding = self._bind(feeds)
+                results = binding.run(feeds, names)
+            except ConfigError:
+                raise
+            except Exception as error:  # an onnxruntime build whose binding API misbehaves must still run
+                if self.engine.settings.cuda_graph:
+                    raise ConfigError(
+                        f"cuda_graph=True for {self.engine.name}: ONNX Runtime could not capture a CUDA graph of it "
+                        f"({error}); give cuda_graph=False."
+                    ) from error
+                logger.warning(
+                    "%s: I/O binding failed (%s: %s); running without it", self.engine.name, type(error).__name__, error
+                )
+                self._plain = True
+                return self.engine.session.run(names, feeds)
+            self._bindings[signature] = binding
+            return results
+
+    def _bind(self, feeds: dict[str, np.ndarray]) -> _Binding:
+        engine = self.engine
+        dims: dict[str, int] = {}
+        for name, info in engine.inputs.items():
+            for dim, size in zip(info.shape, feeds[name].shape):
+                if isinstance(dim, str):
+                    dims.setdefault(dim, size)
+        shapes = {
+            name: None
+            if any(not isinstance(d, int) and d not in dims for d in info.shape)
+            else tuple(d if isinstance(d, int) else dims[d] for d in info.shape)
+            for name, info in engine.outputs.items()
+        }
+        session = engine.session
+        if engine.settings.cuda_graph:
+            if any(shape is None for shape in shapes.values()):
+                unknown = [name for name, shape in shapes.items() if shape is None]
+                raise ConfigError(
+                    f"cuda_graph=True for {engine.name}: the shapes of {', '.join(unknown)} do not follow from the "
+                    "inputs' named dimensions, and a CUDA graph needs every buffer fixed; give cuda_graph=False."
+                )
+            session = engine._create_session(CUDA, dimensions=dims, cuda_graph=True)
+            logger.info("%s: session with CUDA graph capture for %s", engine.name, dims)
+        return _Binding(session, feeds, shapes, engine.outputs, self.device, engine.settings.device_id)
+
+
+class _Binding:
+    """Device buffers bound to one session for one set of input shapes."""
+
+    def __init__(
+        self,
+        session: onnxruntime.InferenceSession,
+        feeds: dict[str, np.ndarray],
+        shapes: dict[str, tuple[int, ...] | None],
+        outputs: dict[str, TensorInfo],
+        device: str,
+        device_id: int,
+    ) -> None:
+        self.session = session
+        self.binding = session.io_binding()
+        self.inputs: dict[str, onnxruntime.OrtValue] = {}
+        for name, array in feeds.items():
+            value = onnxruntime.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, device, device_id)
+            self.binding.bind_ortvalue_input(name, value)
+            self.inputs[name] = value
+        self.order = list(outputs)
+        self.fixed: dict[str, onnxruntime.OrtValue] = {}
+        for name, info in outputs.items():
+            shape = shapes[name]
+            if shape is None:
+                self.binding.bind_output(name, device, device_id)
+            else:
+                value = onnxruntime.OrtValue.ortvalue_from_shape_and_type(shape, info.dtype, device, device_id)
+                self.binding.bind_ortvalue_output(name, value)
+                self.fixed[name] = value
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        for name, array in feeds.items():
+            self.inputs[name].update_inplace(array)
+        self.session.run_with_iobinding(self.binding)
+        if len(self.fixed) == len(self.order):
+            return [self.fixed[name].numpy() for name in names]
+        values = dict(zip(self.order, self.binding.get_outputs()))
+        return [values[name].numpy() for name in names]

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..package import EnginePackage
 from ..progress import ProgressBar
 from ..schedulers import Scheduler
+from ..timing import StageHook, Timed
 
 
 @dataclass
@@ -28,8 +29,12 @@ class StableDiffusionPipelineOutput(ImagePipelineOutput):
     """Always None: engine packages carry no safety checker."""
 
 
-class DiffusionPipeline:
-    """Base of the runtime pipelines. Subclasses name the networks they run in ``networks``."""
+class DiffusionPipeline(Timed):
+    """Base of the runtime pipelines. Subclasses name the networks they run in ``networks``.
+
+    ``stage_hooks`` holds callables that receive a :class:`~diffrt.runtime.timing.StageEvent` after each stage of a
+    call (text encoder, each UNet run, each scheduler step, VAE); see :mod:`diffrt.runtime.timing`.
+    """
 
     networks: ClassVar[tuple[str, ...]] = ()
     optional_networks: ClassVar[tuple[str, ...]] = ()
@@ -43,6 +48,7 @@ class DiffusionPipeline:
         for name in self.optional_networks:
             setattr(self, name, package.engine(name) if package.has(name) else None)
         self._progress_bar_config: dict[str, Any] = {}
+        self.stage_hooks: list[StageHook] = []
 
     @classmethod
     def from_pretrained(

@@ -37,10 +37,12 @@ class DDPMPipeline(DiffusionPipeline):
         scheduler = copy.deepcopy(self.scheduler)  # per-call state: concurrent calls stay independent
         scheduler.set_timesteps(check_int("num_inference_steps", num_inference_steps))
         with self.progress_bar(total=len(scheduler.timesteps)) as bar:
-            for t in scheduler.timesteps:
+            for i, t in enumerate(scheduler.timesteps):
                 feeds = {"sample": image, "timestep": timestep_feed(self.unet, t, batch_size)}
-                model_output = self.unet.run(feeds, ["out_sample"])["out_sample"]
-                image = scheduler.step(model_output, t, image, generator=generator).prev_sample.astype(np.float32)
+                with self.timed("unet", step=i):
+                    model_output = self.unet.run(feeds, ["out_sample"])["out_sample"]
+                with self.timed("scheduler", step=i):
+                    image = scheduler.step(model_output, t, image, generator=generator).prev_sample.astype(np.float32)
                 bar.update()
         if output_type == "latent":
             return ImagePipelineOutput(images=image)

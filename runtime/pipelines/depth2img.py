@@ -98,7 +98,8 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionImg2ImgPipeline):
             if isinstance(image, np.ndarray) and image.ndim == 4:
                 images = list(image)
             pixel_values = self.feature_extractor(images)
-            depth_map = self.depth_estimator.run({"pixel_values": pixel_values}, ["predicted_depth"])
+            with self.timed("depth_estimator"):
+                depth_map = self.depth_estimator.run({"pixel_values": pixel_values}, ["predicted_depth"])
             depth_map = depth_map["predicted_depth"]
         depth_map = np.asarray(depth_map, dtype=np.float32)
         if depth_map.ndim != 3:

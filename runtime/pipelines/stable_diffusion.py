@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -197,7 +198,8 @@ class StableDiffusionBase(DiffusionPipeline):
                     f"clip_skip={clip_skip} needs the text encoder output {output!r}, which this package's graph "
                     "does not have (it was exported elsewhere); re-export it with `diffrt export`."
                 )
-        return self.text_encoder.run({"input_ids": ids}, [output])[output]
+        with self.timed("text_encoder"):
+            return self.text_encoder.run({"input_ids": ids}, [output])[output]
 
     # ----- the denoising loop -----------------------------------------------------------------------------------
     def start_call(
@@ -310,17 +312,23 @@ class StableDiffusionBase(DiffusionPipeline):
                 if self._interrupt:
                     continue
                 latents = state["latents"]
+                start = time.perf_counter()
                 model_input = np.concatenate([latents] * 2) if cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 if conditioning:
                     model_input = np.concatenate([model_input, *(state[k] for k in conditioning)], axis=1)
+                unet_start = time.perf_counter()
                 noise_pred = self.run_unet(model_input, t, state["prompt_embeds"], cond)
+                unet_end = time.perf_counter()
                 if cfg:
                     uncond, text = np.split(noise_pred, 2)
                     noise_pred = uncond + self._guidance_scale * (text - uncond)
                     if self._guidance_rescale > 0.0:
                         noise_pred = rescale_noise_cfg(noise_pred, text, self._guidance_rescale)
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample.astype(np.float32)
+                if self.stage_hooks:
+                    self.emit("unet", unet_end - unet_start, i)
+                    self.emit("scheduler", (unet_start - start) + (time.perf_counter() - unet_end), i)
                 if blend is not None:
                     latents = blend(i, latents, state)
                 state["latents"] = latents
@@ -349,7 +357,8 @@ class StableDiffusionBase(DiffusionPipeline):
     def encode_image(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
         """Scaled latents of ``image`` (B, 3, H, W) in [-1, 1]: a draw from the VAE posterior, as diffusers'
         ``retrieve_latents`` (sample mode) takes it, times the VAE scaling factor."""
-        params = self.vae_encoder.run({"sample": image}, ["latent_parameters"])["latent_parameters"]
+        with self.timed("vae_encoder"):
+            params = self.vae_encoder.run({"sample": image}, ["latent_parameters"])["latent_parameters"]
         mean, logvar = np.split(params, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         sample = mean + std * randn(mean.shape, generator)
@@ -358,7 +367,8 @@ class StableDiffusionBase(DiffusionPipeline):
     def decode_latents(self, latents: np.ndarray, output_type: str) -> StableDiffusionPipelineOutput:
         if output_type == "latent":
             return StableDiffusionPipelineOutput(images=latents)
-        image = self.vae_decoder.run({"latent_sample": latents / self.package.vae_scaling_factor}, ["sample"])
+        with self.timed("vae_decoder"):
+            image = self.vae_decoder.run({"latent_sample": latents / self.package.vae_scaling_factor}, ["sample"])
         images = self.image_processor.postprocess(image["sample"], output_type=output_type)
         return StableDiffusionPipelineOutput(images=images)
 

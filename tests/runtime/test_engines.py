@@ -1,5 +1,6 @@
 """The Engine protocol and its ONNX Runtime backend, on tiny graphs built here with onnx.helper."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -15,8 +16,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from diffrt.runtime.engines import Engine, SessionSettings, TensorInfo, load_engine, usable_cores
+from diffrt.runtime.engines import ort as ort_backend
 from diffrt.runtime.engines.ort import OrtEngine
-from diffrt.runtime.errors import ConfigError, PackageError
+from diffrt.runtime.errors import BackendUnavailable, ConfigError, PackageError
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((8, 5)).astype(np.float32)
@@ -182,38 +184,57 @@ def test_unknown_provider_lists_the_accepted_values(affine_dir):
         assert value in str(error.value)
 
 
-def test_tensorrt_is_refused_as_not_yet_available(affine_dir):
-    with pytest.raises(ConfigError, match="TensorRT backend is not part of this release"):
+def test_tensorrt_without_its_library_is_unavailable_with_what_to_install(affine_dir):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    for name in ("tensorrt", "trt", "TensorRT"):
+        with pytest.raises(BackendUnavailable, match=r"provider='tensorrt' for unet needs TensorRT 10's Python"):
+            load_engine(affine_dir, provider=name)
+    with pytest.raises(ConfigError, match=r"pip install 'diffrt\[trt\]'` \(tensorrt>=10\)"):  # a BackendUnavailable
         load_engine(affine_dir, provider="tensorrt")
 
 
 def test_cuda_without_the_cuda_provider_points_to_onnxruntime_gpu(affine_dir, monkeypatch):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with pytest.raises(ConfigError, match=r"provider='cuda' for unet needs ONNX Runtime's CUDAExecutionProvider.*"):
+    with pytest.raises(
+        BackendUnavailable, match=r"provider='cuda' for unet needs ONNX Runtime's CUDAExecutionProvider.*"
+    ):
         load_engine(affine_dir, provider="cuda")
-    with pytest.raises(ConfigError, match=r"onnxruntime-gpu \(pip install 'diffrt\[gpu\]'\) provides it"):
+    with pytest.raises(BackendUnavailable, match=r"onnxruntime-gpu \(pip install 'diffrt\[gpu\]'\) provides it"):
         load_engine(affine_dir, provider="CUDAExecutionProvider")
 
 
-def test_a_provider_that_is_offered_but_does_not_start(affine_dir, monkeypatch, caplog):
-    # CUDA advertised by the Python API but absent from the build: the session starts on the CPU only.
+def test_cuda_offered_without_a_gpu_names_the_missing_driver(affine_dir, monkeypatch):
+    # onnxruntime-gpu installed on a machine without an NVIDIA driver: the provider is offered, the GPU is not there.
     monkeypatch.setattr(
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
+    with pytest.raises(BackendUnavailable, match=r"provider='cuda' for unet cannot run here: .*(driver|device)"):
+        load_engine(affine_dir, provider="cuda")
+
+
+def test_a_provider_that_is_offered_but_does_not_start(affine_dir, monkeypatch, caplog):
+    # CUDA advertised by the Python API and a GPU reported, but the build has no CUDA: the session starts on the CPU.
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(ort_backend, "cuda_unavailable", lambda device_id=0: None)
+    fp32 = SessionSettings(precision="fp32")  # the fp16 conversion is the GPU tests' subject
     with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
         with pytest.raises(
-            ConfigError, match=r"provider='cuda' for unet: onnxruntime offers CUDAExecutionProvider but could not start"
+            BackendUnavailable,
+            match=r"provider='cuda' for unet: onnxruntime offers CUDAExecutionProvider but could not start",
         ):
-            load_engine(affine_dir, provider="cuda")
+            load_engine(affine_dir, provider="cuda", settings=fp32)
     with caplog.at_level(logging.INFO, logger="diffrt.engines"), pytest.warns(UserWarning):
-        engine = load_engine(affine_dir, provider="auto")
-    assert engine.provider == "CPUExecutionProvider"
-    assert "provider 'auto' chose ONNX Runtime CUDAExecutionProvider" in caplog.text
-    assert "could not start CUDAExecutionProvider" in caplog.text
-    assert [r.levelname for r in caplog.records if "could not start" in r.message] == ["WARNING"]
+        engine = load_engine(affine_dir, provider="auto", settings=fp32)
+    assert engine.provider == "CPUExecutionProvider" and engine.precision == "fp32"
+    (record,) = [r for r in caplog.records if "provider 'auto' chose" in r.message]
+    assert "chose ONNX Runtime CPUExecutionProvider" in record.message
+    assert "ONNX Runtime CUDA: provider='cuda' for unet: onnxruntime offers CUDAExecutionProvider" in record.message
 
 
-def test_auto_picks_cpu_here_and_logs_why_cuda_was_skipped(affine_dir, caplog):
+def test_auto_picks_cpu_here_and_logs_why_the_gpu_backends_were_skipped(affine_dir, caplog):
     assert "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
     with caplog.at_level(logging.INFO, logger="diffrt.engines"):
         engine = load_engine(affine_dir)
@@ -221,9 +242,24 @@ def test_auto_picks_cpu_here_and_logs_why_cuda_was_skipped(affine_dir, caplog):
     (record,) = [r for r in caplog.records if r.name == "diffrt.engines"]
     assert record.levelname == "INFO"
     assert "unet: provider 'auto' chose ONNX Runtime CPUExecutionProvider" in record.message
-    assert "TensorRT: the TensorRT backend is not part of this release" in record.message
-    assert "CUDAExecutionProvider: the installed onnxruntime" in record.message
-    assert "onnxruntime-gpu does" in record.message
+    assert "TensorRT: provider='tensorrt' for unet needs" in record.message
+    assert "ONNX Runtime CUDA: provider='cuda' for unet needs ONNX Runtime's CUDAExecutionProvider" in record.message
+    assert "onnxruntime-gpu" in record.message
+
+
+def test_precision_and_cuda_graph_are_refused_where_the_cpu_cannot_honour_them(affine_dir):
+    assert load_engine(affine_dir, "cpu").precision == "fp32"  # "auto" is fp32 on the CPU
+    assert load_engine(affine_dir, "cpu", SessionSettings(precision="fp32")).precision == "fp32"
+    with pytest.raises(ConfigError, match=r"precision='fp16' for unet needs a GPU provider \('cuda' or 'tensorrt'\)"):
+        load_engine(affine_dir, "cpu", SessionSettings(precision="fp16"))
+    with pytest.raises(ConfigError, match=r"precision='bf16' for unet is for TensorRT"):
+        load_engine(affine_dir, "cpu", SessionSettings(precision="bf16"))
+    with pytest.raises(ConfigError, match=r"cuda_graph=True for unet needs a GPU provider"):
+        load_engine(affine_dir, "cpu", SessionSettings(cuda_graph=True))
+    with pytest.raises(ConfigError, match=r"precision='half' is not supported for SessionSettings; accepted values"):
+        SessionSettings(precision="half")
+    with pytest.raises(ConfigError, match=r"cuda_graph=1 is not accepted; give True or False"):
+        SessionSettings(cuda_graph=1)
 
 
 def test_default_settings_reach_the_session(affine):
@@ -410,3 +446,66 @@ def test_cpu_sessions_share_one_arena_unless_told_not_to(affine_dir):
         own.session.get_session_options().get_session_config_entry("session.use_env_allocators")
     x = RNG.standard_normal((4, 8)).astype(np.float32)
     np.testing.assert_array_equal(shared.run({"x": x})["y"], own.run({"x": x})["y"])
+
+
+# ----- the GPU path's logic, run on the CPU ---------------------------------------------------------------------
+def test_device_binding_logic_gives_the_plain_results_and_one_binding_per_shape(packages):
+    # The CUDA engine's I/O binding (buffers per input shape, scalar timestep, outputs sized from the inputs' named
+    # dimensions) with CPU buffers: the same code the GPU runs, short of the device.
+    engine = load_engine(packages["sd1"] / "unet", "cpu")
+    runner = ort_backend._DeviceRunner(engine, device="cpu")
+    rng = np.random.default_rng(0)
+    width = engine.inputs["encoder_hidden_states"].shape[-1]
+
+    def feeds(batch, size):
+        return {
+            "sample": rng.standard_normal((batch, 4, size, size)).astype(np.float32),
+            "timestep": np.array(rng.integers(0, 1000), dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((batch, 77, width)).astype(np.float32),
+        }
+
+    for batch, size in ((2, 16), (2, 16), (1, 8), (2, 16)):
+        f = feeds(batch, size)
+        (bound,) = runner.run(f, ["out_sample"])
+        np.testing.assert_allclose(bound, engine.session.run(["out_sample"], f)[0], rtol=1e-6, atol=1e-6)
+        assert bound.shape == (batch, 4, size, size)
+    assert len(runner._bindings) == 2 and not runner._plain
+    binding = next(iter(runner._bindings.values()))
+    assert set(binding.fixed) == {"out_sample"}  # its shape follows from the inputs': preallocated once
+
+
+def test_device_binding_lets_the_runtime_size_outputs_it_cannot_infer(packages):
+    # The VAE decoder's output is in pixels ("height"), which no input names: ONNX Runtime allocates it per run.
+    engine = load_engine(packages["sd1"] / "vae_decoder", "cpu")
+    runner = ort_backend._DeviceRunner(engine, device="cpu")
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    (image,) = runner.run({"latent_sample": latents}, ["sample"])
+    np.testing.assert_allclose(image, engine.session.run(["sample"], {"latent_sample": latents})[0], atol=1e-6)
+    assert next(iter(runner._bindings.values())).fixed == {}
+
+
+def test_fp16_conversion_of_a_package_graph_writes_a_loadable_fused_half_graph(packages, tmp_path):
+    source = packages["sd1"] / "unet" / "model.onnx"
+    target = tmp_path / "model.onnx"
+    report = ort_backend.convert_graph_to_fp16(source, target, fuse=True)
+    fused = sum(node.op_type == "Softmax" for node in onnx.load(str(source), load_external_data=False).graph.node)
+    assert report.startswith(f"{fused} attention blocks fused;") and fused > 0
+    converted = onnx.load(str(target))
+    assert (tmp_path / "model.onnx.data").is_file()
+    ops = {node.op_type for node in converted.graph.node}
+    assert "MultiHeadAttention" in ops
+    halves = [t for t in converted.graph.initializer if t.data_type == TensorProto.FLOAT16]
+    assert len(halves) > len(converted.graph.initializer) // 2
+    assert [i.type.tensor_type.elem_type for i in converted.graph.input] == [TensorProto.FLOAT] * 3  # I/O float32
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    reference = load_engine(packages["sd1"] / "unet", "cpu", SessionSettings(fuse_attention=False))
+    rng = np.random.default_rng(2)
+    width = reference.inputs["encoder_hidden_states"].shape[-1]
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 16, 16)).astype(np.float32),
+        "timestep": np.array(981.0, dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, width)).astype(np.float32),
+    }
+    half = session.run(["out_sample"], feeds)[0]
+    full = reference.run(feeds)["out_sample"]
+    assert np.abs(half - full).max() <= 1e-2 * np.abs(full).max()

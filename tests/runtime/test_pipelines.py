@@ -270,3 +270,30 @@ def test_two_threads_generating_at_once_get_the_images_of_one_at_a_time(packages
         thread.join()
     for seed in jobs:
         assert np.array_equal(together[seed], alone[seed])
+
+
+# ----- backends -------------------------------------------------------------------------------------------------
+def test_auto_provider_generates_on_the_cpu_here_and_logs_why_not_on_a_gpu(packages, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="diffrt.engines"):
+        pipe = StableDiffusionPipeline.from_pretrained(packages["sd1"])  # provider="auto"
+        pipe.set_progress_bar_config(disable=True)
+        image = pipe(PROMPT, num_inference_steps=2, generator=0, output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and not np.isnan(image).any()
+    choices = [r.message for r in caplog.records if "provider 'auto' chose" in r.message]
+    assert {m.split(":")[0] for m in choices} == {"text_encoder", "unet", "vae_decoder"}
+    for message in choices:
+        assert "chose ONNX Runtime CPUExecutionProvider" in message
+        assert "TensorRT: provider='tensorrt'" in message and "ONNX Runtime CUDA: provider='cuda'" in message
+
+
+def test_the_depth_estimator_stays_fp32_under_auto_precision_only(packages):
+    from diffrt.runtime.engines import SessionSettings
+    from diffrt.runtime.package import EnginePackage
+
+    auto = EnginePackage(packages["depth"], provider="cpu")
+    assert auto.settings_for("depth_estimator").precision == "fp32"
+    assert auto.settings_for("unet") is auto.session_settings
+    forced = EnginePackage(packages["depth"], provider="cpu", session_settings=SessionSettings(precision="fp16"))
+    assert forced.settings_for("depth_estimator").precision == "fp16"  # asked for by name: honoured

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU checks as they are run on a lent NVIDIA machine (one H100 or H200, no network, Python 3.12 with torch).
+# onnxruntime-gpu's wheel (255 MB) is larger than one transfer (64 MiB), so it travels as four parts of one
+# xz-compressed tar of the unpacked wheel, one per call, and the phases below are consecutive calls on one warm
+# machine (/root/parts, /root/work and /tmp/site stay between them):
+#
+#   bash benchmarks/gpu_check.sh setup      # part 1 + diffusers, open_clip wheels: CUDA driver tests, SD 1.5 export
+#   bash benchmarks/gpu_check.sh baseline   # part 2: diffusers on torch CUDA, fp16
+#   bash benchmarks/gpu_check.sh part       # part 3
+#   bash benchmarks/gpu_check.sh ort        # part 4: onnxruntime-gpu, GPU tests, diffrt on ORT CUDA, the report
+#
+# Parts are made here with: tar cf - -C <unzipped wheel> . | xz -9e --lzma2=preset=9e,dict=1536MiB, then split
+# into .p1/ .. .p4/ (ignored by git). Results come back under $OUT.
+set -uo pipefail
+PHASE=${1:?setup, baseline, part or ort}
+SITE=/tmp/site
+WORK=/root/work
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p /root/parts "$WORK" "$OUT"
+export PYTHONPATH=$SITE PYTHONUNBUFFERED=1
+for part in .p1 .p2 .p3 .p4; do [ -d "$part" ] && cp "$part"/ort.part* /root/parts/ 2>/dev/null; done
+ls -la /root/parts
+# diffrt itself: its folders are the subpackages of one import name (pyproject's package-dir), copied as such.
+rm -rf "$SITE/diffrt" && mkdir -p "$SITE" && cp -r diffrt "$SITE/diffrt" \
+    && for sub in runtime export kernels; do cp -r "$sub" "$SITE/diffrt/$sub"; done
+
+case "$PHASE" in
+setup)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+    python3 -m pip install -q --no-index --no-deps --target "$SITE" .p1/diffusers-*.whl .p1/open_clip_torch-*.whl \
+        || exit 1
+    python3 -c "import diffrt, diffusers, torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_cuda_driver.py 2>&1 | tail -25 \
+        | tee "$OUT/pytest-cuda-driver.txt"
+    time timeout 400 python3 benchmarks/bench_gpu.py prepare --work "$WORK"
+    ;;
+baseline)
+    timeout 200 python3 benchmarks/bench_gpu.py run diffusers_fp16 --work "$WORK"
+    ;;
+part)
+    ;;
+ort)
+    cat /root/parts/ort.part1 /root/parts/ort.part2 /root/parts/ort.part3 /root/parts/ort.part4 | sha256sum
+    cat /root/parts/ort.part1 /root/parts/ort.part2 /root/parts/ort.part3 /root/parts/ort.part4 \
+        | xz -d | tar xf - -C "$SITE" || exit 1
+    # The CUDA 13 / cuDNN 9 libraries of the nvidia-* wheels beside torch; preload_dlls() is tried first in a child.
+    python3 -c "import onnxruntime as o; o.preload_dlls(); print('preload_dlls ok', o.get_available_providers())" \
+        2>&1 | tail -2 | tee "$OUT/preload.txt"
+    NVIDIA=$(python3 -c "import site; print(site.getsitepackages()[0])")/nvidia
+    LD_LIBRARY_PATH=$(find "$NVIDIA" -name 'lib*.so*' -printf '%h\n' | sort -u | tr '\n' ':')${LD_LIBRARY_PATH:-}
+    export LD_LIBRARY_PATH
+    timeout 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_ort_cuda.py 2>&1 \
+        | tail -40 | tee "$OUT/pytest-gpu.txt"
+    timeout 150 python3 benchmarks/bench_gpu.py run diffrt_cuda_fp16 diffrt_cuda_fp32 --work "$WORK" 2>&1 | tail -30
+    if [ -f "$WORK/diffrt_cuda_fp16.failed.txt" ]; then
+        timeout 60 python3 benchmarks/bench_gpu.py run diffrt_cuda_fp16_unfused --work "$WORK" 2>&1 | tail -10
+    else
+        timeout 60 python3 benchmarks/bench_gpu.py run diffrt_cuda_fp16_graph --work "$WORK" 2>&1 | tail -10
+    fi
+    python3 benchmarks/bench_gpu.py report --work "$WORK" --out "$OUT/gpu.json"
+    cp "$WORK"/*.failed.txt "$OUT"/ 2>/dev/null
+    ;;
+esac
+exit 0
