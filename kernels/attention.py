@@ -1,4 +1,4 @@
-"""Attention fused into ONNX Runtime's ``com.microsoft.MultiHeadAttention``, for the CPU execution provider.
+"""Attention fused into ONNX Runtime's ``com.microsoft.MultiHeadAttention``, for the CPU and CUDA providers.
 
 diffrt's exporter writes attention as plain ONNX (see ``diffrt.export.models.attention``)::
 

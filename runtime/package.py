@@ -101,14 +101,22 @@ class EnginePackage:
             return self._engines[network]
 
     def settings_for(self, network: str) -> SessionSettings:
-        """The session settings of ``network``: the package's, except that under ``precision="auto"`` the depth
-        estimator stays fp32 on GPUs. It runs once per image, and the pipeline rescales its output by its own
-        min-max range, so fp16's 3 significant digits would show directly in the conditioning (and a graph with a
-        small output range, like the test models', comes out flat)."""
+        """The session settings of ``network``: the package's, with two exceptions.
+
+        - Under ``precision="auto"`` the depth estimator stays fp32 on GPUs. It runs once per image, and the pipeline
+          rescales its output by its own min-max range, so fp16's 3 significant digits would show directly in the
+          conditioning (and a graph with a small output range, like the test models', comes out flat).
+        - ``cuda_graph`` applies to the UNet only: it runs once per step, where kernel-launch overhead adds up; the
+          other networks run once per call, and the text encoder's token handling (ArgMax over int64 ids) runs on
+          the CPU, which a CUDA graph cannot hold (ONNX Runtime refuses the session).
+        """
         settings = self.session_settings
+        changes: dict[str, Any] = {}
         if network in FP32_NETWORKS and settings.precision == "auto":
-            return dataclasses.replace(settings, precision="fp32")
-        return settings
+            changes["precision"] = "fp32"
+        if settings.cuda_graph and network != "unet":
+            changes["cuda_graph"] = False
+        return dataclasses.replace(settings, **changes) if changes else settings
 
     def tokenizer(self) -> CLIPTokenizer:
         """The package's tokenizer, built once (its BPE tables take ~60 ms) and shared like the engines."""

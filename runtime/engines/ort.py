@@ -258,7 +258,7 @@ def _attention_pass() -> ModuleType | None:
 
 
 def fused_graph(model: Path, name: str) -> bytes | None:
-    """``model`` with its attention fused into MultiHeadAttention for the CPU provider, serialized without its
+    """``model`` with its attention fused into MultiHeadAttention, serialized without its
     weights (they stay in the original external data file); None when there is nothing to fuse or no pass."""
     attention = _attention_pass()
     if attention is None:
@@ -279,7 +279,7 @@ def fused_graph(model: Path, name: str) -> bytes | None:
         return None
     if not count:
         return None
-    logger.info("%s: %d attention blocks fused into MultiHeadAttention for the CPU provider", name, count)
+    logger.info("%s: %d attention blocks fused into MultiHeadAttention", name, count)
     return fused.SerializeToString()
 
 
@@ -351,6 +351,7 @@ class OrtEngine:
             _preload_cuda_libraries()
         elif self.settings.cuda_graph:
             raise ConfigError(f"cuda_graph=True for {self.name} needs a GPU provider; {requested} has no CUDA graphs.")
+        self._scratch: tempfile.TemporaryDirectory | None = None  # an uncached fp16 graph lives here
         self._graph_file = self._graph_for(requested)
         self.session = self._create_session(requested)
         self.provider: str = self.session.get_providers()[0]
@@ -398,25 +399,29 @@ class OrtEngine:
         if folder is not None and (folder / MODEL_FILE).is_file():
             logger.debug("%s: fp16 graph from the cache %s", self.name, folder)
             return folder / MODEL_FILE
-        if folder is None:  # no cache: a temporary folder, removed with the engine (the session holds the weights)
+        staging = None
+        if folder is not None:
+            staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+            try:
+                staging.mkdir(parents=True)
+            except OSError as error:
+                logger.warning("graph cache %s is not writable (%s); converting without it", folder.parent, error)
+                staging = None
+        if staging is None:  # a temporary folder, removed with the engine (the session holds the weights)
             self._scratch = tempfile.TemporaryDirectory(prefix=f"diffrt-{self.name}-fp16-")
             staging = Path(self._scratch.name)
-        else:
-            staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-            staging.mkdir(parents=True)
         try:
             report = convert_graph_to_fp16(self.model_path, staging / MODEL_FILE, fuse)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         logger.info("%s: converted to fp16 for %s (%s)", self.name, CUDA, report)
-        if folder is None:
+        if self._scratch is not None and staging == Path(self._scratch.name):
             return staging / MODEL_FILE
         _finish_cache_entry(staging, folder, self.model_path)
-        return folder / MODEL_FILE if (folder / MODEL_FILE).is_file() else self._fp16_uncached(fp16, fuse)
-
-    def _fp16_uncached(self, fp16: ModuleType, fuse: bool) -> Path:
-        # The cache could not be written (read-only, full): convert into a temporary folder instead.
+        if (folder / MODEL_FILE).is_file():
+            return folder / MODEL_FILE
+        # Publishing failed (and removed the staging folder): convert again into a temporary folder.
         self._scratch = tempfile.TemporaryDirectory(prefix=f"diffrt-{self.name}-fp16-")
         target = Path(self._scratch.name) / MODEL_FILE
         convert_graph_to_fp16(self.model_path, target, fuse)

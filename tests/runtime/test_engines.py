@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -509,3 +510,38 @@ def test_fp16_conversion_of_a_package_graph_writes_a_loadable_fused_half_graph(p
     half = session.run(["out_sample"], feeds)[0]
     full = reference.run(feeds)["out_sample"]
     assert np.abs(half - full).max() <= 1e-2 * np.abs(full).max()
+
+
+def fp16_engine_stub(packages, cache_dir):
+    """What OrtEngine._fp16_graph reads of an engine, for a CUDA engine's graph preparation run on the CPU."""
+    import types
+
+    model = packages["sd1"] / "vae_decoder" / "model.onnx"
+    return types.SimpleNamespace(
+        model_path=model, name="vae_decoder", settings=SessionSettings(cache_dir=cache_dir), _scratch=None
+    )
+
+
+def test_the_fp16_graph_is_converted_once_into_the_cache(packages, tmp_path):
+    stub = fp16_engine_stub(packages, tmp_path / "cache")
+    first = OrtEngine._fp16_graph(stub)
+    assert first.parent.parent == tmp_path / "cache" / "fp16" and (first.parent / "model.onnx.data").is_file()
+    stamp = first.stat().st_mtime_ns
+    again = OrtEngine._fp16_graph(fp16_engine_stub(packages, tmp_path / "cache"))
+    assert again == first and again.stat().st_mtime_ns == stamp  # found, not converted again
+    assert not [p for p in first.parent.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_the_fp16_graph_goes_to_a_temporary_folder_without_a_usable_cache(packages, tmp_path, caplog):
+    off = fp16_engine_stub(packages, None)
+    uncached = OrtEngine._fp16_graph(off)
+    assert uncached.is_file() and uncached.parent == Path(off._scratch.name)
+    off._scratch.cleanup()  # what dropping the engine does
+    assert not uncached.exists()
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache should be")
+    stub = fp16_engine_stub(packages, blocked)
+    with caplog.at_level(logging.WARNING, logger="diffrt.engines"):
+        graph = OrtEngine._fp16_graph(stub)
+    assert graph.is_file() and graph.parent == Path(stub._scratch.name)
+    assert "is not writable" in caplog.text

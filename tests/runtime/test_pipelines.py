@@ -297,3 +297,12 @@ def test_the_depth_estimator_stays_fp32_under_auto_precision_only(packages):
     assert auto.settings_for("unet") is auto.session_settings
     forced = EnginePackage(packages["depth"], provider="cpu", session_settings=SessionSettings(precision="fp16"))
     assert forced.settings_for("depth_estimator").precision == "fp16"  # asked for by name: honoured
+
+
+def test_cuda_graphs_are_asked_of_the_unet_only(packages):
+    from diffrt.runtime.engines import SessionSettings
+    from diffrt.runtime.package import EnginePackage
+
+    package = EnginePackage(packages["sd1"], provider="cuda", session_settings=SessionSettings(cuda_graph=True))
+    assert package.settings_for("unet").cuda_graph
+    assert not any(package.settings_for(n).cuda_graph for n in ("text_encoder", "vae_encoder", "vae_decoder"))
