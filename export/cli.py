@@ -11,6 +11,7 @@ import sys
 import time
 
 from ..runtime.cli import parse_size
+from ..runtime.progress import human_bytes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,14 +48,6 @@ def _lora_specs(values: list[str]):
     return tuple(LoraSpec.parse(v) for v in values)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
@@ -83,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
     for g in report.graphs:
         rel = f"{g.max_rel_error:.1e}" if g.checked else "-"
         err = f"{g.max_abs_error:.1e}" if g.checked else "-"
-        print(f"{g.name:<16} {_human(g.bytes):>10} {rel:>12} {err:>12} {g.seconds:>7.1f}s")
+        print(f"{g.name:<16} {human_bytes(g.bytes):>10} {rel:>12} {err:>12} {g.seconds:>7.1f}s")
     total = sum(g.bytes for g in report.graphs)
     print(
-        f"wrote {report.path} ({report.pipeline}, {len(report.graphs)} graphs, {_human(total)}) "
+        f"wrote {report.path} ({report.pipeline}, {len(report.graphs)} graphs, {human_bytes(total)}) "
         f"in {time.perf_counter() - start:.1f} s"
     )
     return 0

@@ -146,19 +146,8 @@ def build_depth_estimator(component: Component, preprocessor: dict[str, Any]) ->
     config = transformers.DPTConfig.from_dict(component.config)
     config._attn_implementation = "eager"
     model = load_strict(transformers.DPTForDepthEstimation(config), component.load_weights(), "depth_estimator")
-    network = networks.depth_estimator_network(depth_input_size(preprocessor))
+    network = networks.depth_estimator_network(networks.depth_input_size(preprocessor))
     return network, GraphModule(model, network, lambda m, pixel_values: (m(pixel_values=pixel_values).predicted_depth,))
-
-
-def depth_input_size(preprocessor: dict[str, Any]) -> tuple[int, int]:
-    """The (height, width) a DPT image processor resizes to."""
-    size = preprocessor.get("size", 384)
-    if isinstance(size, int):
-        return size, size
-    if "height" in size:
-        return int(size["height"]), int(size["width"])
-    edge = int(size.get("shortest_edge", 384))
-    return edge, edge
 
 
 def build_networks(source: Source) -> list[tuple[str, Any]]:

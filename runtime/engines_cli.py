@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackendUnavailable, ConfigError, DiffrtError, PackageError
+from .progress import human_bytes
 
 
 def parse_range(text: str) -> tuple[int, int, int]:
@@ -119,14 +120,6 @@ def _networks(package: Path, requested: list[str] | None) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -175,7 +168,7 @@ def _build(args: argparse.Namespace) -> int:
             workspace_bytes=workspace,
             shape_range=shape_range.to_json(),
         )
-        _say(f"{name}: built in {time.perf_counter() - start:.1f} s, {_size(metadata.plan_bytes)} -> {plan_path}")
+        _say(f"{name}: built in {time.perf_counter() - start:.1f} s, {human_bytes(metadata.plan_bytes)} -> {plan_path}")
     return 0
 
 
@@ -260,7 +253,7 @@ def _print_status(report: dict[str, Any]) -> None:
     gpu = report["gpu"]
     if gpu:
         major, minor = gpu["compute_capability"]
-        print(f"GPU: {gpu['name']} (device {gpu['index']}, sm{major}{minor}, {_size(gpu['memory_bytes'])})")
+        print(f"GPU: {gpu['name']} (device {gpu['index']}, sm{major}{minor}, {human_bytes(gpu['memory_bytes'])})")
     else:
         print("GPU: none")
     for problem in report["problems"]:
@@ -280,7 +273,7 @@ def _print_status(report: dict[str, Any]) -> None:
             what += [
                 plan["precision"],
                 "refittable" if plan["refittable"] else "fixed weights",
-                _size(plan["plan_bytes"]),
+                human_bytes(plan["plan_bytes"]),
             ]
         detail = "" if plan["state"] == "current" else f" ({plan['reason']})"
         print(f"  {plan['network']}: {plan['state']}{detail} [{', '.join(what)}]")

@@ -264,6 +264,17 @@ def depth_estimator_network(input_size: tuple[int, int]) -> Network:
     )
 
 
+def depth_input_size(preprocessor: dict[str, Any]) -> tuple[int, int]:
+    """The (height, width) a DPT image processor (its ``preprocessor_config.json``) resizes images to."""
+    size = preprocessor.get("size", 384)
+    if isinstance(size, int):
+        return size, size
+    if "height" in size:
+        return int(size["height"]), int(size["width"])
+    edge = int(size.get("shortest_edge", 384))
+    return edge, edge
+
+
 def vae_scale_factor(vae_config: dict[str, Any]) -> int:
     """Pixels per latent cell: 2 ** (number of VAE blocks - 1), as diffusers derives it."""
     return 2 ** (len(vae_config.get("block_out_channels", (0,))) - 1)

@@ -178,6 +178,50 @@ class SessionSettings:
         return self.intra_op_threads if self.intra_op_threads is not None else usable_cores()
 
 
+def select_outputs(owner: str, outputs: Mapping[str, TensorInfo], output_names: Sequence[str] | None) -> list[str]:
+    """The output names a run returns: all of ``outputs`` for None, else ``output_names`` (one name or several),
+    each checked against what the engine gives."""
+    if output_names is None:
+        return list(outputs)
+    names = [output_names] if isinstance(output_names, str) else list(output_names)
+    unknown = [name for name in names if name not in outputs]
+    if unknown or not names:
+        raise ConfigError(f"output_names={names!r} is not accepted for {owner}; it gives {', '.join(outputs)}.")
+    return names
+
+
+def prepare_feeds(
+    owner: str, inputs: Mapping[str, TensorInfo], feeds: Mapping[str, np.ndarray], what: str = "graph"
+) -> dict[str, np.ndarray]:
+    """``feeds`` checked against ``inputs`` (every input given, no unknown name, declared ranks and fixed sizes) and
+    cast to the declared dtypes, C-contiguous: float32 arrays feed a float16 input, int64 token ids an int32 one. A
+    float feed of an integer input must hold whole numbers. ``what`` names the engine's form in errors."""
+    missing = [name for name in inputs if name not in feeds]
+    unknown = [name for name in feeds if name not in inputs]
+    if missing or unknown:
+        problems = [f"lack {', '.join(map(repr, missing))}"] if missing else []
+        problems += [f"name unknown inputs {', '.join(map(repr, unknown))}"] if unknown else []
+        raise ConfigError(
+            f"The feeds of {owner} {' and '.join(problems)}; {owner} takes "
+            f"{', '.join(str(info) for info in inputs.values())}."
+        )
+    prepared = {}
+    for name, info in inputs.items():
+        array = np.asarray(feeds[name])
+        if array.dtype.kind == "f" and info.dtype.kind in "iub" and not np.array_equal(array, np.trunc(array)):
+            # A silent cast would truncate (timestep 999.5 -> 999); whole-number floats are fine.
+            raise ConfigError(
+                f"{owner} input {name!r} is {info.dtype.name} but was fed {array.dtype.name} values that "
+                "are not whole numbers; give integers."
+            )
+        if len(info.shape) != array.ndim or any(
+            isinstance(dim, int) and dim != size for dim, size in zip(info.shape, array.shape)
+        ):
+            raise ConfigError(f"{owner} input {name!r} has shape {array.shape}; the {what} takes {info}.")
+        prepared[name] = np.asarray(array, dtype=info.dtype, order="C")  # ascontiguousarray would make a scalar 1-D
+    return prepared
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 

@@ -34,7 +34,16 @@ import onnxruntime
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ..errors import BackendUnavailable, ConfigError, PackageError
-from . import MODEL_FILE, SessionSettings, TensorInfo, logger, model_file, network_name
+from . import (
+    MODEL_FILE,
+    SessionSettings,
+    TensorInfo,
+    logger,
+    model_file,
+    network_name,
+    prepare_feeds,
+    select_outputs,
+)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -496,17 +505,8 @@ class OrtEngine:
         Each feed is cast to the dtype the graph declares (float32 arrays feed a float16 graph, int64 token ids
         an int32 one); a float feed of an integer input must hold whole numbers.
         """
-        names = self._output_names(output_names)
-        missing = [name for name in self.inputs if name not in feeds]
-        unknown = [name for name in feeds if name not in self.inputs]
-        if missing or unknown:
-            problems = [f"lack {', '.join(map(repr, missing))}"] if missing else []
-            problems += [f"name unknown inputs {', '.join(map(repr, unknown))}"] if unknown else []
-            raise ConfigError(
-                f"The feeds of {self.name} {' and '.join(problems)}; {self.name} takes "
-                f"{', '.join(str(info) for info in self.inputs.values())}."
-            )
-        prepared = {name: self._cast(info, feeds[name]) for name, info in self.inputs.items()}
+        names = select_outputs(self.name, self.outputs, output_names)
+        prepared = prepare_feeds(self.name, self.inputs, feeds)
         if self._device is not None:
             results = self._device.run(prepared, names)
         else:
@@ -516,32 +516,6 @@ class OrtEngine:
             name: result.astype(np.float32) if result.dtype.kind == "f" and result.dtype != np.float32 else result
             for name, result in zip(names, results)
         }
-
-    def _output_names(self, output_names: Sequence[str] | None) -> list[str]:
-        if output_names is None:
-            return list(self.outputs)
-        names = [output_names] if isinstance(output_names, str) else list(output_names)
-        unknown = [name for name in names if name not in self.outputs]
-        if unknown or not names:
-            raise ConfigError(
-                f"output_names={names!r} is not accepted for {self.name}; it gives {', '.join(self.outputs)}."
-            )
-        return names
-
-    def _cast(self, info: TensorInfo, value: np.ndarray) -> np.ndarray:
-        array = np.asarray(value)
-        if array.dtype.kind == "f" and info.dtype.kind in "iub" and not np.array_equal(array, np.trunc(array)):
-            # A silent cast would truncate (timestep 999.5 -> 999); whole-number floats are fine.
-            raise ConfigError(
-                f"{self.name} input {info.name!r} is {info.dtype.name} but was fed {array.dtype.name} values that "
-                "are not whole numbers; give integers."
-            )
-        declared = info.shape
-        if len(declared) != array.ndim or any(
-            isinstance(dim, int) and dim != size for dim, size in zip(declared, array.shape)
-        ):
-            raise ConfigError(f"{self.name} input {info.name!r} has shape {array.shape}; the graph takes {info}.")
-        return np.asarray(array, dtype=info.dtype, order="C")  # ascontiguousarray would make a scalar 1-D
 
     def __repr__(self) -> str:
         inputs = ", ".join(str(info) for info in self.inputs.values())

@@ -26,7 +26,7 @@ import numpy as np
 import tensorrt as trt
 
 from ..errors import BackendUnavailable, ConfigError, DiffrtError, PackageError
-from . import SessionSettings, TensorInfo, cuda, trt_plans
+from . import SessionSettings, TensorInfo, cuda, prepare_feeds, select_outputs, trt_plans
 from .trt_plans import PlanMetadata, Profile
 
 TRT_VERSION: str = str(trt.__version__)
@@ -321,40 +321,8 @@ class TrtEngine:
         self._current: tuple | None = None
 
     # -- feeds
-    def _output_names(self, output_names: Sequence[str] | None) -> list[str]:
-        if output_names is None:
-            return list(self.outputs)
-        names = [output_names] if isinstance(output_names, str) else list(output_names)
-        unknown = [n for n in names if n not in self.outputs]
-        if unknown or not names:
-            raise ConfigError(
-                f"output_names={names!r} is not accepted for {self.name}; it gives {', '.join(self.outputs)}."
-            )
-        return names
-
     def _prepare(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.inputs if n not in feeds]
-        unknown = [n for n in feeds if n not in self.inputs]
-        if missing or unknown:
-            problems = [f"lack {', '.join(map(repr, missing))}"] if missing else []
-            problems += [f"name unknown inputs {', '.join(map(repr, unknown))}"] if unknown else []
-            raise ConfigError(
-                f"The feeds of {self.name} {' and '.join(problems)}; {self.name} takes "
-                f"{', '.join(str(info) for info in self.inputs.values())}."
-            )
-        prepared = {}
-        for name, info in self.inputs.items():
-            array = np.asarray(feeds[name])
-            if array.dtype.kind == "f" and info.dtype.kind in "iub" and not np.array_equal(array, np.trunc(array)):
-                raise ConfigError(
-                    f"{self.name} input {name!r} is {info.dtype.name} but was fed {array.dtype.name} values that "
-                    "are not whole numbers; give integers."
-                )
-            if len(info.shape) != array.ndim or any(
-                isinstance(d, int) and d != size for d, size in zip(info.shape, array.shape)
-            ):
-                raise ConfigError(f"{self.name} input {name!r} has shape {array.shape}; the plan takes {info}.")
-            prepared[name] = np.ascontiguousarray(array, dtype=info.dtype).reshape(array.shape)
+        prepared = prepare_feeds(self.name, self.inputs, feeds, what="plan")
         trt_plans.check_shapes(self.profile, {n: a.shape for n, a in prepared.items()}, self.name)
         return prepared
 
@@ -415,7 +383,7 @@ class TrtEngine:
         Feeds are cast to the dtypes the plan declares (a float feed of an integer input must hold whole numbers)
         and must lie inside the plan's optimization profile.
         """
-        names = self._output_names(output_names)
+        names = select_outputs(self.name, self.outputs, output_names)
         prepared = self._prepare(feeds)
         shapes = {name: tuple(array.shape) for name, array in prepared.items()}
         with self._lock:

@@ -36,6 +36,7 @@ from ..networks import (
     Network,
     ShapeRange,
     depth_estimator_network,
+    depth_input_size,
     text_encoder_network,
     unconditional_unet_network,
     unet_network,
@@ -424,18 +425,7 @@ def network_for(package: str | os.PathLike, name: str) -> Network:
     if name == "vae_decoder":
         return vae_decoder_network(config, scale)
     preprocessor = package / name / "preprocessor_config.json"
-    return depth_estimator_network(_depth_size(_read_json(preprocessor) if preprocessor.is_file() else {}))
-
-
-def _depth_size(preprocessor: dict[str, Any]) -> tuple[int, int]:
-    """The (height, width) a DPT image processor resizes to (as export reads it)."""
-    size = preprocessor.get("size", 384)
-    if isinstance(size, int):
-        return size, size
-    if "height" in size:
-        return int(size["height"]), int(size["width"])
-    edge = int(size.get("shortest_edge", 384))
-    return edge, edge
+    return depth_estimator_network(depth_input_size(_read_json(preprocessor) if preprocessor.is_file() else {}))
 
 
 def shape_range_for(
