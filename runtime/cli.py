@@ -41,7 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path("out.png"),
         help="output file (default out.png); several images are written as out-0.png, out-1.png, ...",
     )
-    p.add_argument("--provider", default="auto", help='execution provider: "auto" (default), "cpu", "cuda"')
+    p.add_argument(
+        "--provider",
+        default="auto",
+        help='backend: "auto" (default: TensorRT, then CUDA, then CPU), "tensorrt", "cuda", "cpu"',
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per engine (default: all cores)")
 
 

@@ -58,8 +58,8 @@ class DiffusionPipeline(Timed):
         session_settings: SessionSettings | None = None,
         scheduler: Scheduler | None = None,
     ) -> DiffusionPipeline:
-        """Open an engine package. ``provider`` picks the backend ("auto", "cpu", "cuda", or an ONNX Runtime
-        provider name); ``session_settings`` sets threads and spinning for every engine of the package."""
+        """Open an engine package. ``provider`` picks the backend ("auto", "tensorrt", "cuda", "cpu", or an ONNX
+        Runtime provider name); ``session_settings`` sets threads, precision and the rest for every engine."""
         return cls(EnginePackage(path, provider=provider, session_settings=session_settings), scheduler=scheduler)
 
     @classmethod
