@@ -10,24 +10,36 @@ TORCH  := torch==2.13.0
 # Test workers: two suit the 2-core machines CI runs on.
 JOBS   ?= 2
 # make engines [MODEL=folder-or-file] [OUT=folder] [EXPORT_ARGS="--static 512x512 ..."]
-MODEL  ?=
+# The default MODEL is the bundled demo model (models/digits: handwritten digits drawn from text, trained by
+# `make train-demo`); MODEL=tiny exports a tiny deterministic random-weight SD model instead (it draws noise).
+DEMO_MODEL := models/digits
+DEMO_LORA  := $(DEMO_MODEL)/bold_lora.safetensors
+DEMO_FILES := $(filter-out $(DEMO_LORA),$(wildcard $(DEMO_MODEL)/*.json $(DEMO_MODEL)/*/*))
+MODEL  ?= $(DEMO_MODEL)
 OUT    ?= engines/default
 EXPORT_ARGS ?=
 # make engines PROVIDER=tensorrt [ENGINES_ARGS="--precision fp16 --refittable"]: also build TensorRT plans for this
 # GPU into OUT/engines/ (needs an NVIDIA GPU and TensorRT 10: pip install -e ".[trt]"). Default: ONNX graphs only.
 PROVIDER ?= onnxruntime
 ENGINES_ARGS ?=
-# make demo [PROMPT="..."] [STEPS=20] [DEMO_OUT=build/demo.png]: generate from the package OUT, torch-free.
-PROMPT ?= a photograph of an astronaut riding a horse
+# make demo [STEPS=20] [GUIDANCE=4] [DEMO_OUT=demo.png]: the digits 0-9 from the bundled model's package OUT and from
+# OUT-bold (its "bold strokes" LoRA fused), each package exported when missing or older than models/digits; torch-free.
 STEPS  ?= 20
-DEMO_OUT ?= build/demo.png
+GUIDANCE ?= 4
+DEMO_OUT ?= demo.png
+LORA_OUT := $(OUT)-bold
+# make train-demo [TRAIN_OUT=folder] [TRAIN_ARGS="--seed 0 --minutes 25"]: train the demo model again (about 25
+# minutes on 2 CPU cores; deterministic: the same arguments give the files in models/digits).
+TRAIN_OUT ?= build/digits-train
+TRAIN_ARGS ?= --seed 0
 
-.PHONY: help install test test-fast engines demo bench lint clean interop-optimum
+.PHONY: help install test test-fast engines demo train-demo bench lint clean interop-optimum
 
 help:
 	@echo "make test     create .venv if missing, install diffrt[dev] (torch pinned), run the test suite"
-	@echo "make engines  export MODEL (default: a tiny deterministic SD model) to the package OUT (engines/default)"
-	@echo "make demo     build the default package, then generate DEMO_OUT (build/demo.png) from PROMPT with it"
+	@echo "make engines  export MODEL (default: the bundled digits model, models/digits) to the package OUT (engines/default)"
+	@echo "make demo     build the digits packages (without and with the bold LoRA), draw 0-9 with each into DEMO_OUT (demo.png)"
+	@echo "make train-demo  train the digits model and its LoRA again into TRAIN_OUT (build/digits-train), ~25 min"
 	@echo "make lint     ruff over the sources"
 	@echo "make clean    remove the virtual environment and caches"
 
@@ -52,19 +64,37 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadfile -q
 
-engines: $(EXPORT_STAMP)
-ifeq ($(MODEL),)
+engines: $(EXPORT_STAMP) $(if $(filter $(MODEL),$(DEMO_MODEL)),$(OUT)/diffrt.json)
+ifeq ($(MODEL),tiny)
 	$(PY) -m diffrt.export.tiny build/default-model
 	$(PY) -m diffrt export build/default-model $(OUT) --force $(EXPORT_ARGS)
-else
+else ifneq ($(MODEL),$(DEMO_MODEL))
 	$(PY) -m diffrt export "$(MODEL)" $(OUT) $(EXPORT_ARGS)
 endif
 ifeq ($(PROVIDER),tensorrt)
 	$(PY) -m diffrt engines build $(OUT) $(ENGINES_ARGS)
 endif
 
-demo: engines
-	$(PY) -m diffrt generate $(OUT) "$(PROMPT)" --steps $(STEPS) --seed 0 --out $(DEMO_OUT)
+# The bundled model's packages, exported again only when models/digits is newer (batch 10: a row of the demo grid).
+$(OUT)/diffrt.json: $(DEMO_FILES) | $(EXPORT_STAMP)
+	$(PY) -m diffrt export $(DEMO_MODEL) $(OUT) --force --batch 10 $(EXPORT_ARGS)
+
+$(LORA_OUT)/diffrt.json: $(DEMO_FILES) $(DEMO_LORA) | $(EXPORT_STAMP)
+	$(PY) -m diffrt export $(DEMO_MODEL) $(LORA_OUT) --force --batch 10 --lora $(DEMO_LORA):1.0 $(EXPORT_ARGS)
+
+ifeq ($(MODEL),$(DEMO_MODEL))
+demo: $(OUT)/diffrt.json $(LORA_OUT)/diffrt.json
+	$(PY) -m diffrt.runtime.demo $(OUT) $(LORA_OUT) --labels base "bold LoRA" --steps $(STEPS) --guidance $(GUIDANCE) \
+		--out $(DEMO_OUT)
+else
+demo:
+	@echo "make demo draws the bundled digits model ($(DEMO_MODEL)); leave MODEL unset" >&2; exit 2
+endif
+
+# Needs the dev install (scikit-learn's digits, the CLIP merges of open-clip-torch). Copy TRAIN_OUT to models/digits
+# to ship what it made.
+train-demo: $(STAMP)
+	$(PY) -m diffrt.export.train_demo $(TRAIN_OUT) $(TRAIN_ARGS)
 
 # make bench [QUICK=1]: text-to-image latency of diffrt (ORT CPU) beside diffusers (torch) and OpenVINO on the SD 1.5
 # architecture (random weights, built and exported once under build/bench/); writes benchmarks/results/latest.json
