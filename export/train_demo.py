@@ -215,6 +215,17 @@ class Ema:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def shuffled_batches(n: int, size: int, gen):
+    """Index batches of ``size`` out of ``n`` samples, endlessly: a new permutation (drawn from ``gen``) each time
+    the current one has no full batch left. Drawn lazily, so ``gen``'s other draws keep their order."""
+    import torch
+
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for pos in range(0, n - size + 1, size):
+            yield order[pos : pos + size]
+
+
 def train_vae(images, steps: int, seed: int):
     """Reconstruction (L1 + MSE) with a small KL term through posterior samples; returns the VAE (fp16-rounded)."""
     import torch
@@ -227,14 +238,8 @@ def train_vae(images, steps: int, seed: int):
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    n = len(images)
-    order = torch.randperm(n, generator=gen)
-    pos = 0
-    for step in range(steps):
-        if pos + BATCH["vae"] > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        x = images[order[pos : pos + BATCH["vae"]]]
-        pos += BATCH["vae"]
+    for step, idx in zip(range(steps), shuffled_batches(len(images), BATCH["vae"], gen)):
+        x = images[idx]
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, 1e-3)
         moments = vae.encode(x)
@@ -254,7 +259,7 @@ def train_vae(images, steps: int, seed: int):
     vae.eval().requires_grad_(False)
     rounded_fp16(vae)
     with torch.no_grad():
-        moments = torch.cat([vae.encode(images[i : i + 256]) for i in range(0, n, 256)])
+        moments = torch.cat([vae.encode(images[i : i + 256]) for i in range(0, len(images), 256)])
         mean = moments[:, :4]
         err = (vae.decode(mean[:256]) - images[:256]).abs().mean().item()
     scaling = 1.0 / mean.std().item()
@@ -314,15 +319,9 @@ def train_unet(moments, labels, ids, scaling: float, steps: int, seed: int):
     ema = Ema([unet, text_encoder], decay=0.999)
     gen = torch.Generator().manual_seed(seed + 3)
     abar = alphas_cumprod()
-    n = len(labels)
-    order, pos = torch.randperm(n, generator=gen), 0
     start = time.perf_counter()
     running = 0.0
-    for step in range(steps):
-        if pos + BATCH["unet"] > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + BATCH["unet"]]
-        pos += BATCH["unet"]
+    for step, idx in zip(range(steps), shuffled_batches(len(labels), BATCH["unet"], gen)):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, 5e-4)
         text_states = text_encoder(ids).last_hidden_state
@@ -385,15 +384,9 @@ def train_lora(unet, text_encoder, bold_moments, labels, ids, scaling: float, st
     log(f"lora: {len(pairs)} modules, rank {LORA_RANK}, {sum(p.numel() for p in params):,} parameters, {steps} steps")
     opt = torch.optim.Adam(params, lr=LORA_LR)
     abar = alphas_cumprod()
-    n = len(labels)
-    order, pos = torch.randperm(n, generator=gen), 0
     start = time.perf_counter()
     running = 0.0
-    for step in range(steps):
-        if pos + BATCH["lora"] > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + BATCH["lora"]]
-        pos += BATCH["lora"]
+    for step, idx in zip(range(steps), shuffled_batches(len(labels), BATCH["lora"], gen)):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, LORA_LR, warmup=50)
         loss = diffusion_loss(unet, text_states, bold_moments[idx], labels[idx], scaling, gen, abar)
