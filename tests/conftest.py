@@ -31,6 +31,29 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sdxl_models(tmp_path_factory):
+    """Folders of tiny SDXL pipelines saved by diffusers: sdxl (base), sdxl_inpaint (9 channels), sdxl_refiner."""
+    from fixtures import tiny_models as tm
+
+    root = tmp_path_factory.mktemp("sdxl_models")
+    return {
+        "sdxl": tm.build_sdxl(root),
+        "sdxl_inpaint": tm.build_sdxl_inpaint(root),
+        "sdxl_refiner": tm.build_sdxl_refiner(root),
+    }
+
+
+@pytest.fixture(scope="session")
+def sdxl_packages(sdxl_models, tmp_path_factory):
+    """Engine packages exported (ONNX, dynamic shapes) from each tiny SDXL fixture."""
+    from diffrt.export.package import export_package
+    from diffrt.export.source import load_source
+
+    root = tmp_path_factory.mktemp("sdxl_packages")
+    return {kind: export_package(load_source(folder), root / kind).path for kind, folder in sdxl_models.items()}
+
+
+@pytest.fixture(scope="session")
 def tokenizer_folders(tmp_path_factory):
     """CLIP tokenizer folders in both forms diffusers folders come in, for both padding conventions."""
     from transformers import CLIPTokenizer
