@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=4, help="most images per call the package is built for (default 4)")
     p.add_argument("--no-check", action="store_true", help="skip comparing each graph with its torch module")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    add_lora_argument(p, "fuse a LoRA adapter into the UNet / text encoder before tracing")
+    add_lora_argument(p, "fuse a LoRA adapter into the UNet / text encoder(s) before tracing")
 
 
 def add_lora_argument(p: argparse.ArgumentParser, what: str) -> None:
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         rel = f"{g.max_rel_error:.1e}" if g.checked else "-"
         err = f"{g.max_abs_error:.1e}" if g.checked else "-"
         print(f"{g.name:<16} {human_bytes(g.bytes):>10} {rel:>12} {err:>12} {g.seconds:>7.1f}s")
+    for note in report.notes[len(source.notes) :]:  # what the export itself found (e.g. a VAE kept in fp32)
+        print(f"  note: {note}", file=sys.stderr)
     total = sum(g.bytes for g in report.graphs)
     print(
         f"wrote {report.path} ({report.pipeline}, {len(report.graphs)} graphs, {human_bytes(total)}) "

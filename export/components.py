@@ -57,7 +57,10 @@ def own_model(model_class, config: dict[str, Any], state_dict: dict[str, torch.T
     return load_strict(model, state_dict, where, assign=True)
 
 
-def build_unet(component: Component, scale_factor: int) -> tuple[Network, torch.nn.Module]:
+def build_unet(
+    component: Component, scale_factor: int, text_embeds_dim: int | None = None
+) -> tuple[Network, torch.nn.Module]:
+    """The UNet; ``text_embeds_dim`` (text_encoder_2's projection_dim) is needed by SDXL's text_time UNets."""
     from .models import UNet2DConditionModel, UNet2DModel
 
     config = component.config
@@ -66,12 +69,30 @@ def build_unet(component: Component, scale_factor: int) -> tuple[Network, torch.
         network = networks.unconditional_unet_network(config)
         return network, GraphModule(model, network, _call_unconditional)
     model = own_model(UNet2DConditionModel, config, component.load_weights(), "unet")
-    network = networks.unet_network(config, scale_factor)
+    network = networks.unet_network(config, scale_factor, text_embeds_dim=text_embeds_dim)
     return network, GraphModule(model, network, _call_conditional)
 
 
-def _call_conditional(model, sample, timestep, encoder_hidden_states, timestep_cond=None, class_labels=None):
-    return (model(sample, timestep, encoder_hidden_states, class_labels=class_labels, timestep_cond=timestep_cond),)
+def _call_conditional(
+    model,
+    sample,
+    timestep,
+    encoder_hidden_states,
+    timestep_cond=None,
+    class_labels=None,
+    text_embeds=None,
+    time_ids=None,
+):
+    out = model(
+        sample,
+        timestep,
+        encoder_hidden_states,
+        class_labels=class_labels,
+        timestep_cond=timestep_cond,
+        text_embeds=text_embeds,
+        time_ids=time_ids,
+    )
+    return (out,)
 
 
 def _call_unconditional(model, sample, timestep, class_labels=None):
@@ -105,7 +126,7 @@ def build_text_encoder(component: Component) -> tuple[Network, torch.nn.Module]:
     state_dict = _match_prefix(component.load_weights(), model.state_dict().keys())
     state_dict.pop("embeddings.position_ids", None)
     state_dict.pop("text_model.embeddings.position_ids", None)
-    load_strict(model, state_dict, "text_encoder")
+    load_strict(model, state_dict, component.name)
     network = networks.text_encoder_network(component.config, name=component.name, projection=projection)
     return network, GraphModule(model, network, _clip_outputs(model, projection))
 
@@ -128,6 +149,7 @@ def _final_layer_norm(model) -> torch.nn.Module:
 
 
 def _clip_outputs(model, projection: bool):
+    """The text encoder contract's outputs: last state, pooled (or projected) embedding, clip_skip.*, hidden_states.*"""
     norm = _final_layer_norm(model)
 
     def call(m, input_ids):
@@ -135,7 +157,7 @@ def _clip_outputs(model, projection: bool):
         hidden = out.hidden_states
         pooled = out.text_embeds if projection else out.pooler_output
         skips = [norm(hidden[-(k + 1)]) for k in range(1, len(hidden) - 1)]
-        return (out.last_hidden_state, pooled, *skips)
+        return (out.last_hidden_state, pooled, *skips, *hidden)
 
     return call
 
@@ -155,9 +177,11 @@ def build_networks(source: Source) -> list[tuple[str, Any]]:
     comps = source.components
     scale = source.scale_factor
     plan: list[tuple[str, Any]] = []
-    if "text_encoder" in comps:
-        plan.append(("text_encoder", lambda: [build_text_encoder(comps["text_encoder"])]))
-    plan.append(("unet", lambda: [build_unet(comps["unet"], scale)]))
+    for name in ("text_encoder", "text_encoder_2"):
+        if name in comps:
+            plan.append((name, lambda name=name: [build_text_encoder(comps[name])]))
+    text_embeds_dim = comps["text_encoder_2"].config.get("projection_dim") if "text_encoder_2" in comps else None
+    plan.append(("unet", lambda: [build_unet(comps["unet"], scale, text_embeds_dim)]))
     if "vae" in comps:
         plan.append(("vae", lambda: build_vae(comps["vae"], scale)))
     if "depth_estimator" in comps:

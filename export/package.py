@@ -32,7 +32,7 @@ from .onnx_export import (
     export_graph,
     reference_outputs,
 )
-from .source import Source
+from .source import SDXL_PIPELINES, TOKENIZERS, Source
 from .staging import staged_folder
 
 PACKAGE_FORMAT = 1
@@ -193,17 +193,24 @@ def _write_support_files(
 ) -> None:
     comps = source.components
     index: dict[str, Any] = {"_class_name": source.pipeline_class, "_diffrt_version": __version__}
-    if "text_encoder" in comps:
-        _write_json(staging / "text_encoder" / "config.json", comps["text_encoder"].config)
-        index["text_encoder"] = ONNX_COMPONENT
-        _write_tokenizer(source, staging / "tokenizer")
-        index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+    index.update(source.pipeline_config)
+    for encoder, tokenizer in TOKENIZERS.items():
+        if encoder in comps:
+            _write_json(staging / encoder / "config.json", comps[encoder].config)
+            index[encoder] = ONNX_COMPONENT
+            _write_tokenizer(*source.tokenizer(tokenizer), staging / tokenizer)
+            index[tokenizer] = ["transformers", "CLIPTokenizer"]
     _write_json(staging / "unet" / "config.json", comps["unet"].config)
     index["unet"] = ONNX_COMPONENT
     if "vae" in comps:
         for part in ("vae_encoder", "vae_decoder"):
             _write_json(staging / part / "config.json", comps["vae"].config)
             index[part] = ONNX_COMPONENT
+        if comps["vae"].config.get("force_upcast") and source.pipeline_class in SDXL_PIPELINES:
+            report.notes.append(
+                "vae: force_upcast is set (the VAE overflows in fp16), so vae_encoder and vae_decoder run in fp32 "
+                "on GPUs under precision auto"
+            )
     if "depth_estimator" in comps:
         _write_json(staging / "depth_estimator" / "config.json", comps["depth_estimator"].config)
         _write_json(staging / "depth_estimator" / "preprocessor_config.json", source.preprocessor_config or {})
@@ -215,15 +222,16 @@ def _write_support_files(
     _write_json(staging / "diffrt.json", _provenance(source, shape_range, options, report, loras))
 
 
-def _write_tokenizer(source: Source, folder: Path) -> None:
-    if source.tokenizer_files:
+def _write_tokenizer(files: dict[str, Path], pad_token: str, folder: Path) -> None:
+    """Copy the source's tokenizer files, or write the built-in CLIP vocabulary with ``pad_token``."""
+    if files:
         folder.mkdir(parents=True)
-        for name, path in source.tokenizer_files.items():
+        for name, path in files.items():
             shutil.copyfile(path, folder / name)
         return
     from .clip_vocab import write_clip_tokenizer
 
-    write_clip_tokenizer(folder, pad_token=source.tokenizer_pad_token)
+    write_clip_tokenizer(folder, pad_token=pad_token)
 
 
 def _provenance(

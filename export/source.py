@@ -24,13 +24,30 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "StableDiffusionInpaintPipeline": ("text_encoder", "unet", "vae"),
     "StableDiffusionDepth2ImgPipeline": ("text_encoder", "unet", "vae", "depth_estimator"),
     "DDPMPipeline": ("unet",),
+    "StableDiffusionXLPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
+    "StableDiffusionXLImg2ImgPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
+    "StableDiffusionXLInpaintPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
 }
+SDXL_PIPELINES = tuple(name for name in PIPELINES if name.startswith("StableDiffusionXL"))
+# Networks a pipeline may lack (an SDXL refiner has only text_encoder_2).
+OPTIONAL: dict[str, tuple[str, ...]] = {name: ("text_encoder",) for name in SDXL_PIPELINES}
+# Pipeline settings kept from model_index.json, with diffusers' defaults for folders that do not state them.
+PIPELINE_CONFIG: dict[str, dict[str, Any]] = {
+    "StableDiffusionXLPipeline": {"force_zeros_for_empty_prompt": True},
+    "StableDiffusionXLImg2ImgPipeline": {"force_zeros_for_empty_prompt": True, "requires_aesthetics_score": False},
+    "StableDiffusionXLInpaintPipeline": {"force_zeros_for_empty_prompt": True, "requires_aesthetics_score": False},
+}
+# The tokenizer folder that goes with each text encoder, and the pad token of a generated one (OpenCLIP's
+# tokenizer, SDXL's second, pads with "!").
+TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+DEFAULT_PAD_TOKENS = {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}
 # Components a package leaves out on purpose (the runtime has no safety checker; say so rather than fail).
 SKIPPED = ("safety_checker", "feature_extractor", "image_encoder")
 MODEL_CLASSES = {
     "unet": ("UNet2DConditionModel", "UNet2DModel"),
     "vae": ("AutoencoderKL",),
     "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+    "text_encoder_2": ("CLIPTextModelWithProjection",),
     "depth_estimator": ("DPTForDepthEstimation",),
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -58,6 +75,17 @@ class Source:
     preprocessor_config: dict[str, Any] | None = None
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tokenizer_2_files: dict[str, Path] = field(default_factory=dict)
+    """The second tokenizer's files (SDXL); empty when generated from the built-in CLIP vocabulary."""
+    tokenizer_2_pad_token: str = "!"
+    pipeline_config: dict[str, Any] = field(default_factory=dict)
+    """Pipeline settings from model_index.json (SDXL: force_zeros_for_empty_prompt, requires_aesthetics_score)."""
+
+    def tokenizer(self, folder: str) -> tuple[dict[str, Path], str]:
+        """The files (empty: generate them) and pad token of tokenizer folder ``folder`` ("tokenizer"/"tokenizer_2")."""
+        if folder == "tokenizer_2":
+            return self.tokenizer_2_files, self.tokenizer_2_pad_token
+        return self.tokenizer_files, self.tokenizer_pad_token
 
     @property
     def scale_factor(self) -> int:
@@ -102,6 +130,8 @@ def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
     for name in PIPELINES[pipeline]:
         entry = index.get(name)
         if not entry or entry[1] is None:
+            if name in OPTIONAL.get(pipeline, ()):
+                continue
             raise CheckpointError(f"{index_path} lists no {name}, which a {pipeline} needs.")
         class_name = entry[1]
         if class_name not in MODEL_CLASSES[name]:
@@ -116,15 +146,32 @@ def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
     scheduler_config = weights.read_json(root / "scheduler" / "scheduler_config.json")
     files.append(root / "scheduler" / "scheduler_config.json")
     notes = [f"{name} not exported: the runtime does not use it" for name in SKIPPED if index.get(name, [None])[0]]
-    source = Source(root, "folder", pipeline, components, scheduler_config, files=files, notes=notes)
+    source = Source(
+        root,
+        "folder",
+        pipeline,
+        components,
+        scheduler_config,
+        files=files,
+        notes=notes,
+        pipeline_config=pipeline_config(pipeline, index),
+    )
     if "text_encoder" in components:
         source.tokenizer_files = _tokenizer_files(root / "tokenizer")
         files.extend(source.tokenizer_files.values())
+    if "text_encoder_2" in components:
+        source.tokenizer_2_files = _tokenizer_files(root / "tokenizer_2")
+        files.extend(source.tokenizer_2_files.values())
     if "depth_estimator" in components:
         preprocessor = root / "feature_extractor" / "preprocessor_config.json"
         source.preprocessor_config = weights.read_json(preprocessor)
         files.append(preprocessor)
     return source
+
+
+def pipeline_config(pipeline: str, index: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``pipeline`` kept from its model_index.json, defaults filled in as diffusers fills them."""
+    return {key: index.get(key, default) for key, default in PIPELINE_CONFIG.get(pipeline, {}).items()}
 
 
 def _folder_loader(folder: Path, variant: str | None, allow_pickle: bool) -> Callable[[], dict[str, Any]]:
@@ -154,23 +201,29 @@ def _load_single_file(path: Path, config_dir: str | Path | None, allow_pickle: b
     from . import single_file
 
     configs = None
-    tokenizer_files: dict[str, Path] = {}
+    tokenizers: dict[str, dict[str, Path]] = {}
     files = [path]
     if config_dir is not None:
         config_dir = Path(config_dir)
         configs = read_config_dir(config_dir)
-        if (config_dir / "tokenizer").is_dir():
-            tokenizer_files = _tokenizer_files(config_dir / "tokenizer")
+        for folder in TOKENIZERS.values():
+            if (config_dir / folder).is_dir():
+                tokenizers[folder] = _tokenizer_files(config_dir / folder)
         files.extend(p for p in sorted(config_dir.rglob("*.json")) if p.is_file())
     state_dict = weights.load_weights_file(path, allow_pickle=allow_pickle)
     model = single_file.convert_single_file(state_dict, configs=configs, source=str(path))
     del state_dict
-    pipeline = model.configs["model_index"]["_class_name"]
+    index = model.configs["model_index"]
+    pipeline = index["_class_name"]
     if pipeline not in PIPELINES:
         raise CheckpointError(f"{path}: pipeline {pipeline!r} is not one diffrt exports ({', '.join(PIPELINES)}).")
     components = {}
     for name in PIPELINES[pipeline]:
-        class_name = model.configs["model_index"].get(name, [None, MODEL_CLASSES[name][0]])[1]
+        if name not in model.state_dicts:
+            if name in OPTIONAL.get(pipeline, ()):
+                continue
+            raise CheckpointError(f"{path}: the checkpoint holds no {name}, which a {pipeline} needs.")
+        class_name = (index.get(name) or [None, None])[1] or MODEL_CLASSES[name][0]
         sd = model.state_dicts[name]
         components[name] = Component(name, class_name, model.configs[name], lambda sd=sd: sd)
     return Source(
@@ -179,25 +232,42 @@ def _load_single_file(path: Path, config_dir: str | Path | None, allow_pickle: b
         pipeline,
         components,
         model.configs["scheduler"],
-        tokenizer_files=tokenizer_files,
-        tokenizer_pad_token=model.configs.get("tokenizer_pad_token", "<|endoftext|>"),
+        tokenizer_files=tokenizers.get("tokenizer", {}),
+        tokenizer_pad_token=model.configs.get("tokenizer_pad_token", DEFAULT_PAD_TOKENS["tokenizer"]),
+        tokenizer_2_files=tokenizers.get("tokenizer_2", {}),
+        tokenizer_2_pad_token=model.configs.get("tokenizer_2_pad_token", DEFAULT_PAD_TOKENS["tokenizer_2"]),
+        pipeline_config=pipeline_config(pipeline, index),
         files=files,
         notes=[f"detected layout: {model.family}", *model.notes],
     )
 
 
 def read_config_dir(folder: Path) -> dict[str, Any]:
-    """Configs of a diffusers folder, in the form :func:`single_file.convert_single_file` takes."""
+    """Configs of a diffusers folder, in the form :func:`single_file.convert_single_file` takes.
+
+    The text encoders' configs and their tokenizers' pad tokens are read for those model_index.json lists (an SDXL
+    refiner lists only text_encoder_2)."""
     if not (folder / "model_index.json").is_file():
         raise CheckpointError(f"--config {folder} has no model_index.json; give a diffusers pipeline folder.")
-    configs: dict[str, Any] = {"model_index": weights.read_json(folder / "model_index.json")}
-    for name in ("unet", "vae", "text_encoder"):
+    index = weights.read_json(folder / "model_index.json")
+    configs: dict[str, Any] = {"model_index": index}
+    for name in ("unet", "vae"):
         configs[name] = weights.read_json(folder / name / "config.json")
+    for encoder, tokenizer in TOKENIZERS.items():
+        if not _listed(index, encoder):
+            continue
+        configs[encoder] = weights.read_json(folder / encoder / "config.json")
+        pad = _pad_token(folder / tokenizer)
+        if pad is not None:
+            configs[f"{tokenizer}_pad_token"] = pad
     configs["scheduler"] = weights.read_json(folder / "scheduler" / "scheduler_config.json")
-    pad = _pad_token(folder / "tokenizer")
-    if pad is not None:
-        configs["tokenizer_pad_token"] = pad
     return configs
+
+
+def _listed(index: dict[str, Any], name: str) -> bool:
+    """Whether model_index.json names a class for component ``name`` (``[null, null]`` means absent)."""
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
 
 
 def _pad_token(folder: Path) -> str | None:

@@ -161,11 +161,15 @@ def _f32(name: str, *shape: Dim) -> TensorSpec:
     return TensorSpec(name, "float32", tuple(shape))
 
 
-def unet_network(config: dict[str, Any], scale_factor: int, sequence_length: int = 77) -> Network:
+def unet_network(
+    config: dict[str, Any], scale_factor: int, sequence_length: int = 77, text_embeds_dim: int | None = None
+) -> Network:
     """The conditional UNet: ``sample``, scalar ``timestep``, ``encoder_hidden_states`` -> ``out_sample``.
 
-    Optional inputs follow the config: ``timestep_cond`` (``time_cond_proj_dim``) and ``class_labels``
-    (``class_embed_type`` / ``num_class_embeds``).
+    Optional inputs follow the config: ``timestep_cond`` (``time_cond_proj_dim``), ``class_labels``
+    (``class_embed_type`` / ``num_class_embeds``), and for SDXL's ``addition_embed_type="text_time"`` the pooled
+    ``text_embeds`` (batch, ``text_embeds_dim``: the second text encoder's ``projection_dim``) and ``time_ids``
+    (batch, n): n = 6 for a base model (original size, crop corner, target size), 5 for a refiner.
     """
     latent = ("batch", config.get("in_channels", 4), "latent_height", "latent_width")
     inputs = [
@@ -173,6 +177,8 @@ def unet_network(config: dict[str, Any], scale_factor: int, sequence_length: int
         _f32("timestep"),
         _f32("encoder_hidden_states", "batch", "sequence", config["cross_attention_dim"]),
     ]
+    if config.get("addition_embed_type") == "text_time":
+        inputs.extend(_text_time_inputs(config, text_embeds_dim))
     if config.get("time_cond_proj_dim"):
         inputs.append(_f32("timestep_cond", "batch", config["time_cond_proj_dim"]))
     inputs.extend(_class_label_inputs(config))
@@ -185,6 +191,26 @@ def unet_network(config: dict[str, Any], scale_factor: int, sequence_length: int
         sequence_length=sequence_length,
         batch_multiplier=2,
     )
+
+
+def _text_time_inputs(config: dict[str, Any], text_embeds_dim: int | None) -> list[TensorSpec]:
+    """``text_embeds`` and ``time_ids`` of a text_time UNet, their widths checked against the config."""
+    if not isinstance(text_embeds_dim, int) or text_embeds_dim <= 0:
+        raise ConfigError(
+            f"a UNet with addition_embed_type='text_time' (SDXL) needs text_embeds_dim, the pooled text embedding "
+            f"width (text_encoder_2's projection_dim); got {text_embeds_dim!r}."
+        )
+    total = config.get("projection_class_embeddings_input_dim")
+    time_dim = config.get("addition_time_embed_dim")
+    if not total or not time_dim or (total - text_embeds_dim) <= 0 or (total - text_embeds_dim) % time_dim:
+        raise ConfigError(
+            f"UNet config projection_class_embeddings_input_dim={total!r} must be text_embeds_dim "
+            f"({text_embeds_dim}) plus a positive multiple of addition_time_embed_dim ({time_dim!r})."
+        )
+    return [
+        _f32("text_embeds", "batch", text_embeds_dim),
+        _f32("time_ids", "batch", (total - text_embeds_dim) // time_dim),
+    ]
 
 
 def unconditional_unet_network(config: dict[str, Any]) -> Network:
@@ -213,14 +239,19 @@ def text_encoder_network(config: dict[str, Any], name: str = "text_encoder", pro
     """A CLIP text encoder: ``input_ids`` -> ``last_hidden_state`` and ``pooler_output`` (or ``text_embeds``).
 
     ``clip_skip.{k}`` outputs carry the final-layer-normed hidden state ``k`` layers before the last, which is
-    what diffusers feeds the UNet for ``clip_skip=k``; graphs exported elsewhere may lack them.
+    what diffusers feeds an SD 1.x/2.x UNet for ``clip_skip=k``. ``hidden_states.{i}`` (i = 0 .. num_hidden_layers)
+    are the raw hidden states as transformers returns them (0: the embeddings; the last: before the final layer
+    norm), named as Optimum names them; SDXL reads ``hidden_states.{L - 1 - clip_skip}`` un-normed. Graphs
+    exported elsewhere may lack either kind.
     """
     hidden = config["hidden_size"]
     outputs = [_f32("last_hidden_state", "batch", "sequence", hidden)]
     outputs.append(
         _f32("text_embeds", "batch", config["projection_dim"]) if projection else _f32("pooler_output", "batch", hidden)
     )
-    outputs.extend(_f32(f"clip_skip.{k}", "batch", "sequence", hidden) for k in range(1, config["num_hidden_layers"]))
+    layers = config["num_hidden_layers"]
+    outputs.extend(_f32(f"clip_skip.{k}", "batch", "sequence", hidden) for k in range(1, layers))
+    outputs.extend(_f32(f"hidden_states.{i}", "batch", "sequence", hidden) for i in range(layers + 1))
     return Network(
         name,
         (TensorSpec("input_ids", "int64", ("batch", "sequence")),),

@@ -22,8 +22,11 @@ from .tokenizer import CLIPTokenizer
 
 INDEX_NAME = "model_index.json"
 PROVENANCE_NAME = "diffrt.json"
-NETWORKS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "depth_estimator")
+NETWORKS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder", "depth_estimator")
 FP32_NETWORKS = ("depth_estimator",)  # computed in fp32 under precision="auto" (see settings_for)
+VAE_NETWORKS = ("vae_encoder", "vae_decoder")  # fp32 under precision="auto" when force_upcast applies
+UPCAST_PIPELINE_PREFIX = "StableDiffusionXL"  # the pipelines whose diffusers form honours the VAE's force_upcast
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
 
 
 class EnginePackage:
@@ -45,7 +48,7 @@ class EnginePackage:
         self.provider = provider
         self.session_settings = session_settings or SessionSettings()
         self._engines: dict[str, Engine] = {}
-        self._tokenizer: CLIPTokenizer | None = None
+        self._tokenizers: dict[str, CLIPTokenizer] = {}
         self._lock = threading.Lock()
 
     # ----- what the package holds -------------------------------------------------------------------------------
@@ -85,6 +88,11 @@ class EnginePackage:
         return vae_scale_factor(config) if config else 8
 
     @property
+    def vae_force_upcast(self) -> bool:
+        """Whether the VAE must run in fp32: an SDXL package whose VAE config sets ``force_upcast``."""
+        return self.pipeline_class.startswith(UPCAST_PIPELINE_PREFIX) and bool(self.vae_config.get("force_upcast"))
+
+    @property
     def vae_scaling_factor(self) -> float:
         return float(self.vae_config.get("scaling_factor", 0.18215))
 
@@ -101,33 +109,43 @@ class EnginePackage:
             return self._engines[network]
 
     def settings_for(self, network: str) -> SessionSettings:
-        """The session settings of ``network``: the package's, with two exceptions.
+        """The session settings of ``network``: the package's, with these exceptions.
 
         - Under ``precision="auto"`` the depth estimator stays fp32 on GPUs. It runs once per image, and the pipeline
           rescales its output by its own min-max range, so fp16's 3 significant digits would show directly in the
           conditioning (and a graph with a small output range, like the test models', comes out flat).
+        - Under ``precision="auto"`` the VAE encoder and decoder of an SDXL package stay fp32 when the VAE config sets
+          ``force_upcast`` (SDXL's VAE overflows fp16; diffusers' SDXL pipelines upcast it the same way). diffusers'
+          SD 1.x/2.x pipelines ignore the flag, which diffusers writes into every VAE config, so those VAEs keep fp16.
         - ``cuda_graph`` applies to the UNet only: it runs once per step, where kernel-launch overhead adds up; the
           other networks run once per call, and the text encoder's token handling (ArgMax over int64 ids) runs on
           the CPU, which a CUDA graph cannot hold (ONNX Runtime refuses the session).
         """
         settings = self.session_settings
         changes: dict[str, Any] = {}
-        if network in FP32_NETWORKS and settings.precision == "auto":
+        if settings.precision == "auto" and (
+            network in FP32_NETWORKS or (network in VAE_NETWORKS and self.vae_force_upcast)
+        ):
             changes["precision"] = "fp32"
         if settings.cuda_graph and network != "unet":
             changes["cuda_graph"] = False
         return dataclasses.replace(settings, **changes) if changes else settings
 
-    def tokenizer(self) -> CLIPTokenizer:
-        """The package's tokenizer, built once (its BPE tables take ~60 ms) and shared like the engines."""
+    def tokenizer(self, name: str = "tokenizer") -> CLIPTokenizer:
+        """The tokenizer of folder ``name`` ("tokenizer", or SDXL's "tokenizer_2"), built once (its BPE tables take
+        ~60 ms) and shared like the engines."""
+        if name not in TOKENIZER_FOLDERS:
+            raise PackageError(
+                f"tokenizer {name!r} is not a package tokenizer; accepted: {', '.join(TOKENIZER_FOLDERS)}."
+            )
         with self._lock:
-            if self._tokenizer is None:
-                if not (self.path / "tokenizer").is_dir():
+            if name not in self._tokenizers:
+                if not (self.path / name).is_dir():
                     raise PackageError(
-                        f"engine package {str(self.path)!r} has no tokenizer/ folder; text prompts need it."
+                        f"engine package {str(self.path)!r} has no {name}/ folder; text prompts need it."
                     )
-                self._tokenizer = CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
-            return self._tokenizer
+                self._tokenizers[name] = CLIPTokenizer.from_pretrained(self.path, subfolder=name)
+            return self._tokenizers[name]
 
     def scheduler(self) -> Scheduler:
         path = self.path / "scheduler" / "scheduler_config.json"

@@ -56,10 +56,11 @@ def test_profile_doubles_the_unet_batch_for_guidance():
     )
 
 
-def test_text_encoder_contract_has_clip_skip_outputs():
+def test_text_encoder_contract_has_clip_skip_and_hidden_state_outputs():
     text = networks.text_encoder_network(SD15_TEXT)
     assert text.output_names[:2] == ["last_hidden_state", "pooler_output"]
-    assert text.output_names[2:] == [f"clip_skip.{k}" for k in range(1, 12)]
+    assert text.output_names[2:13] == [f"clip_skip.{k}" for k in range(1, 12)]
+    assert text.output_names[13:] == [f"hidden_states.{i}" for i in range(13)]  # embeddings + 12 layers
     assert text.shapes(2, 512, 512)["input_ids"] == (2, 77)
     feeds = text.sample_feeds(3, 512, 512)
     assert feeds["input_ids"].dtype == np.int64 and feeds["input_ids"].max() < 49408

@@ -1,4 +1,5 @@
-"""The text-conditioned UNet of Stable Diffusion 1.x / 2.x (and their inpainting, depth, upscaler and LCM variants)."""
+"""The text-conditioned UNet of Stable Diffusion 1.x / 2.x / XL (and their inpainting, depth, upscaler, LCM and
+refiner variants)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D")
 MID_BLOCK_TYPES = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D", None)
 CLASS_EMBED_TYPES = (None, "timestep", "identity", "projection", "simple_projection")
+ADDITION_EMBED_TYPES = (None, "text_time")
 
 
 def timesteps_for_batch(timestep: torch.Tensor | float | int, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -116,8 +118,10 @@ class UNet2DConditionModel(nn.Module):
         **ignored: Any,
     ):
         super().__init__()
-        if addition_embed_type is not None:
-            raise not_supported("addition_embed_type", addition_embed_type, "SDXL-style added embeddings come later")
+        if addition_embed_type not in ADDITION_EMBED_TYPES:
+            raise not_supported(
+                "addition_embed_type", addition_embed_type, "only SDXL's 'text_time' added embeddings (or none)"
+            )
         for field, value in (("encoder_hid_dim", encoder_hid_dim), ("encoder_hid_dim_type", encoder_hid_dim_type)):
             if value is not None:
                 raise not_supported(field, value, "projected encoder hidden states (Kandinsky, IP-Adapter) come later")
@@ -184,6 +188,15 @@ class UNet2DConditionModel(nn.Module):
             timestep_input_dim,
             time_embed_dim,
         )
+        self.addition_embed_type = addition_embed_type
+        if addition_embed_type == "text_time":
+            self.add_time_proj, self.add_embedding = self._text_time_embedding(
+                addition_time_embed_dim,
+                projection_class_embeddings_input_dim,
+                flip_sin_to_cos,
+                freq_shift,
+                time_embed_dim,
+            )
         self.time_embed_act = None
         if time_embedding_act_fn is not None:
             self.time_embed_act = activation(time_embedding_act_fn, "time_embedding_act_fn")
@@ -287,6 +300,21 @@ class UNet2DConditionModel(nn.Module):
             return TimestepEmbedding(projection_input_dim, time_embed_dim)
         return nn.Linear(projection_input_dim, time_embed_dim)  # "simple_projection"
 
+    @staticmethod
+    def _text_time_embedding(
+        time_dim: int | None, input_dim: int | None, flip_sin_to_cos: bool, freq_shift: float, time_embed_dim: int
+    ) -> tuple[Timesteps, TimestepEmbedding]:
+        """SDXL's added conditioning: sinusoidal features of each time id, then an MLP over [text_embeds, features]."""
+        for field, value in (
+            ("addition_time_embed_dim", time_dim),
+            ("projection_class_embeddings_input_dim", input_dim),
+        ):
+            if value is None:
+                raise ConfigError(
+                    f"addition_embed_type='text_time' needs {field} (an int); the config leaves it unset."
+                )
+        return Timesteps(time_dim, flip_sin_to_cos, freq_shift), TimestepEmbedding(input_dim, time_embed_dim)
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> UNet2DConditionModel:
         """Build from a diffusers ``config.json`` dict (``_class_name`` and other ``_`` keys are ignored)."""
@@ -299,10 +327,14 @@ class UNet2DConditionModel(nn.Module):
         encoder_hidden_states: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         timestep_cond: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The noise (or v / sample) prediction for ``sample`` (B, C, H, W) at ``timestep`` given the text
         ``encoder_hidden_states`` (B, T, D); ``class_labels`` for class-embedding configs (e.g. the upscaler's noise
-        level), ``timestep_cond`` (B, time_cond_proj_dim) for guidance-embedding (LCM) configs."""
+        level), ``timestep_cond`` (B, time_cond_proj_dim) for guidance-embedding (LCM) configs, and for SDXL's
+        ``text_time`` configs the pooled ``text_embeds`` (B, E) and ``time_ids`` (B, n) (sizes, crop, aesthetic
+        score), which diffusers takes in ``added_cond_kwargs``."""
         dtype = self.conv_in.weight.dtype
         if self.center_input_sample:
             sample = 2 * sample - 1.0
@@ -316,6 +348,8 @@ class UNet2DConditionModel(nn.Module):
                 class_labels = self.time_proj(class_labels).to(dtype)
             class_emb = self.class_embedding(class_labels).to(dtype)
             emb = torch.cat([emb, class_emb], dim=-1) if self.class_embeddings_concat else emb + class_emb
+        if self.addition_embed_type == "text_time":
+            emb = emb + self._text_time(text_embeds, time_ids, emb.dtype)
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
 
@@ -333,3 +367,15 @@ class UNet2DConditionModel(nn.Module):
             x = block(x, block_skips, emb, encoder_hidden_states, upsample_size)
 
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+
+    def _text_time(self, text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None, dtype) -> torch.Tensor:
+        """The added embedding: each time id becomes ``addition_time_embed_dim`` sinusoidal features, which follow
+        the pooled text embedding into the ``add_embedding`` MLP."""
+        for name, value in (("text_embeds", text_embeds), ("time_ids", time_ids)):
+            if value is None:
+                raise ValueError(
+                    f"{name} must be given: this UNet's config has addition_embed_type='text_time' (SDXL), which "
+                    "needs the pooled text embeddings (batch, dim) and the time ids (batch, n)."
+                )
+        features = self.add_time_proj(time_ids.flatten()).reshape(text_embeds.shape[0], -1)
+        return self.add_embedding(torch.cat([text_embeds, features], dim=-1).to(dtype))

@@ -415,8 +415,11 @@ def network_for(package: str | os.PathLike, name: str) -> Network:
     if name == "unet":
         if config.get("_class_name") == "UNet2DModel":
             return unconditional_unet_network(config)
-        sequence = int(_config(package, "text_encoder").get("max_position_embeddings", 77))
-        return unet_network(config, scale, sequence_length=sequence)
+        encoder = _config(package, "text_encoder") or _config(package, "text_encoder_2")
+        sequence = int(encoder.get("max_position_embeddings", 77))
+        # SDXL's text_time UNet takes the pooled embedding of the second text encoder, as wide as its projection.
+        text_embeds_dim = _config(package, "text_encoder_2").get("projection_dim")
+        return unet_network(config, scale, sequence_length=sequence, text_embeds_dim=text_embeds_dim)
     if name.startswith("text_encoder"):
         kinds = {str(config.get("_class_name", "")), *map(str, config.get("architectures") or ())}
         return text_encoder_network(config, name=name, projection="CLIPTextModelWithProjection" in kinds)

@@ -179,7 +179,8 @@ def test_text_encoder_graph_equals_transformers(packages, tiny_models, kind):
     tokenizer = CLIPTokenizer.from_pretrained(tiny_models[kind] / "tokenizer")
     s = session(packages[kind] / "text_encoder" / "model.onnx")
     names = [o.name for o in s.get_outputs()]
-    assert names == ["last_hidden_state", "pooler_output", "clip_skip.1", "clip_skip.2"]
+    hidden = [f"hidden_states.{i}" for i in range(4)]  # 3 layers: the embeddings and each layer's output
+    assert names == ["last_hidden_state", "pooler_output", "clip_skip.1", "clip_skip.2", *hidden]
     for prompts in (["a photograph of an astronaut riding a horse"], ["a cat", "", "two dogs on a red sofa"]):
         ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="np").input_ids
         got = dict(zip(names, s.run(None, {"input_ids": ids.astype(np.int64)}), strict=True))
@@ -191,6 +192,8 @@ def test_text_encoder_graph_equals_transformers(packages, tiny_models, kind):
             with torch.no_grad():
                 want = model.final_layer_norm(out.hidden_states[-(k + 1)])
             assert rel_err(got[f"clip_skip.{k}"], want) <= RTOL
+        for i, want in enumerate(out.hidden_states):  # raw, as transformers returns them (SDXL reads these)
+            assert rel_err(got[f"hidden_states.{i}"], want) <= RTOL
 
 
 def test_depth_estimator_graph_equals_transformers(packages, tiny_models):

@@ -420,7 +420,7 @@ def test_unsupported_conditional_configs_name_the_key(overrides, field):
 @pytest.mark.parametrize(
     "overrides, field",
     [
-        (dict(addition_embed_type="text_time", addition_time_embed_dim=8), "addition_embed_type"),
+        (dict(addition_embed_type="text", addition_embed_type_num_heads=2), "addition_embed_type"),
         (dict(encoder_hid_dim=16), "encoder_hid_dim"),
         (dict(dual_cross_attention=True), "dual_cross_attention"),
         (dict(attention_type="gated"), "attention_type"),

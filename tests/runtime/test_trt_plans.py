@@ -249,6 +249,30 @@ def test_profiles_double_the_unet_batch_for_guidance_and_work_in_latents(package
     assert text["input_ids"] == ((b_min, 77), (b_opt, 77), (b_max, 77))
 
 
+@pytest.mark.parametrize("kind", ["sdxl", "sdxl_inpaint", "sdxl_refiner"])
+def test_network_for_gives_each_sdxl_graph_its_contract(sdxl_packages, kind):
+    package = sdxl_packages[kind]
+    names = trt_plans.package_networks(package)
+    assert "text_encoder_2" in names and ("text_encoder" in names) == (kind != "sdxl_refiner")
+    for name in names:
+        network = trt_plans.network_for(package, name)
+        inputs, outputs = graph_io(package / name / "model.onnx")
+        assert network.input_names == inputs and network.output_names == outputs
+
+
+def test_sdxl_unet_profile_sizes_text_embeds_from_text_encoder_2(sdxl_packages):
+    for kind, time_ids in (("sdxl", 6), ("sdxl_refiner", 5)):
+        package = sdxl_packages[kind]
+        projection = json.loads((package / "text_encoder_2" / "config.json").read_text())["projection_dim"]
+        shape_range = trt_plans.shape_range_for(package)
+        unet = trt_plans.build_profile(trt_plans.network_for(package, "unet"), shape_range)
+        b_max = 2 * shape_range.batch[2]
+        assert unet["text_embeds"][2] == (b_max, projection)
+        assert unet["time_ids"][2] == (b_max, time_ids)
+        text_2 = trt_plans.network_for(package, "text_encoder_2")
+        assert text_2.outputs[1].name == "text_embeds"
+
+
 def test_shape_range_overrides_and_fixed_size_packages(packages, tmp_path):
     package = packages["sd1"]
     custom = trt_plans.shape_range_for(package, batch=(1, 2, 3), height=(32, 64, 128))
