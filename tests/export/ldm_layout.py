@@ -1,4 +1,4 @@
-"""Diffusers names -> the original LDM single-file layout: the inverse of ``diffrt.export.single_file``.
+"""Diffusers names -> the original LDM / SGM (SDXL) single-file layouts: the inverse of ``diffrt.export.single_file``.
 
 Written independently of the module under test (rename rules applied name by name from the diffusers side, where the
 module lists names from the config), so each checks the other; diffusers' own ``from_single_file`` checks both.
@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
            "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
 _UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}  # fmt: skip
+               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+               "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # fmt: skip
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 _OPEN_CLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
               "self_attn.out_proj": "attn.out_proj"}  # fmt: skip
@@ -85,20 +86,27 @@ def vae_to_ldm(sd: dict, num_blocks: int) -> dict:
     return out
 
 
-def clip_to_ldm(sd: dict, text_model_segment: bool = True) -> dict:
-    """transformers CLIPTextModel state dict -> ``cond_stage_model.transformer.*`` (SD 1.x), with position_ids."""
-    prefix = "cond_stage_model.transformer." + ("text_model." if text_model_segment else "")
+def clip_to_ldm(sd: dict, text_model_segment: bool = True, prefix: str = "cond_stage_model.transformer.") -> dict:
+    """transformers CLIPTextModel state dict -> ``cond_stage_model.transformer.*`` (SD 1.x; SDXL's first encoder under
+    ``conditioner.embedders.0.transformer.``), with position_ids."""
+    prefix += "text_model." if text_model_segment else ""
     out = {prefix + name.removeprefix("text_model."): value for name, value in sd.items()}
     width = sd[next(k for k in sd if k.endswith("position_embedding.weight"))].shape[0]
     out[prefix + "embeddings.position_ids"] = torch.arange(width).unsqueeze(0)
     return out
 
 
-def open_clip_to_ldm(sd: dict, extra_layer: bool = True, seed: int = 0) -> dict:
+def open_clip_to_ldm(
+    sd: dict, extra_layer: bool = True, seed: int = 0, prefix: str = "cond_stage_model.model."
+) -> dict:
     """CLIPTextModel state dict -> OpenCLIP ``cond_stage_model.model.*`` (SD 2.x): fused in_proj, and like real SD 2
-    files one more resblock than the diffusers text encoder keeps, a text_projection and a logit_scale."""
-    p = "cond_stage_model.model."
-    sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    files one more resblock than the diffusers text encoder keeps, a text_projection and a logit_scale.
+
+    A CLIPTextModelWithProjection state dict (SDXL's bigG, ``prefix`` under ``conditioner.embedders.``) keeps its
+    layers as they are; its ``text_projection.weight`` is stored transposed, as OpenCLIP multiplies ``x @ P``."""
+    p = prefix
+    projection = sd.get("text_projection.weight")
+    sd = {k.removeprefix("text_model."): v for k, v in sd.items() if k != "text_projection.weight"}
     out = {
         p + "token_embedding.weight": sd["embeddings.token_embedding.weight"],
         p + "positional_embedding": sd["embeddings.position_embedding.weight"],
@@ -121,7 +129,10 @@ def open_clip_to_ldm(sd: dict, extra_layer: bool = True, seed: int = 0) -> dict:
             return torch.empty_like(like)
         return torch.randn(like.shape, generator=generator, dtype=like.dtype)
 
-    if extra_layer:
+    if projection is not None:
+        out[p + "text_projection"] = projection.t().contiguous()
+        out[p + "logit_scale"] = dummy(projection.new_empty(()))
+    elif extra_layer:
         last, new = f"{p}transformer.resblocks.{layers[-1]}.", f"{p}transformer.resblocks.{layers[-1] + 1}."
         for key in [k for k in out if k.startswith(last)]:
             out[new + key[len(last) :]] = dummy(out[key])
@@ -204,5 +215,62 @@ def folder_to_ldm(folder: Path, text_layout: str, **options) -> dict[str, torch.
 def write_single_file(folder: Path, path: Path, text_layout: str, **options) -> Path:
     """Write ``folder`` as one LDM-layout ``.safetensors`` file at ``path``."""
     sd = folder_to_ldm(folder, text_layout, **options)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return Path(path)
+
+
+# --- SDXL (Stability's SGM layout) ------------------------------------------------------------------------------------
+
+SDXL_CLIP = "conditioner.embedders.0.transformer."  # base: CLIP ViT-L in HF names
+SDXL_BIG_G = "conditioner.embedders.1.model."  # base: OpenCLIP ViT-bigG
+REFINER_BIG_G = "conditioner.embedders.0.model."  # refiner: OpenCLIP ViT-bigG, its only text tower
+SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def sdxl_folder_weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The networks of a saved SDXL diffusers folder, as saved (a refiner has no text_encoder)."""
+    folder = Path(folder)
+    files = {
+        "unet": "unet/diffusion_pytorch_model.safetensors",
+        "vae": "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder": "text_encoder/model.safetensors",
+        "text_encoder_2": "text_encoder_2/model.safetensors",
+    }
+    return {name: load_file(folder / path) for name, path in files.items() if (folder / path).is_file()}
+
+
+def sdxl_components_to_sgm(weights: dict, unet_config: dict, vae_config: dict, *, extras: bool = True) -> dict:
+    """SDXL diffusers state dicts ("unet", "vae", "text_encoder_2", and "text_encoder" for a base model) -> one SGM
+    single-file state dict: the base's CLIP ViT-L under embedders.0 and bigG under embedders.1, the refiner's bigG
+    under embedders.0; with ``extras``, SGM's denoiser.sigmas buffer and the towers' position_ids / logit_scale."""
+    sd = unet_to_ldm(weights["unet"], unet_config.get("layers_per_block", 2))
+    sd.update(vae_to_ldm(weights["vae"], len(vae_config["block_out_channels"])))
+    if "text_encoder" in weights:
+        clip = clip_to_ldm(weights["text_encoder"], prefix=SDXL_CLIP)
+        if not extras:
+            clip = {k: v for k, v in clip.items() if not k.endswith("position_ids")}
+        sd.update(clip)
+        big_g = SDXL_BIG_G
+    else:
+        big_g = REFINER_BIG_G
+    tower = open_clip_to_ldm(weights["text_encoder_2"], prefix=big_g)
+    sd.update(tower if extras else {k: v for k, v in tower.items() if not k.endswith("logit_scale")})
+    if extras:
+        like = next(iter(weights["unet"].values()))
+        sd["denoiser.sigmas"] = torch.linspace(0.03, 14.6, 1000, device=like.device)
+    return sd
+
+
+def sdxl_folder_to_sgm(folder: Path, **options) -> dict[str, torch.Tensor]:
+    """A saved SDXL diffusers folder (base, inpainting or refiner) -> an SGM single-file state dict."""
+    folder = Path(folder)
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    return sdxl_components_to_sgm(sdxl_folder_weights(folder), unet_config, vae_config, **options)
+
+
+def write_sdxl_single_file(folder: Path, path: Path, **options) -> Path:
+    """Write the SDXL ``folder`` as one SGM-layout ``.safetensors`` file at ``path``."""
+    sd = sdxl_folder_to_sgm(folder, **options)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return Path(path)

@@ -21,6 +21,7 @@ FIXTURES = {  # fixture name -> (text layout, pipeline class, family)
     "inpaint": ("clip", "StableDiffusionInpaintPipeline", "sd1-inpaint"),
 }
 TEXT_LAYOUT = {"sd1": "clip", "sd2": "open_clip", "sd1-inpaint": "clip", "sd2-inpaint": "open_clip"}
+SD_FAMILIES = tuple(TEXT_LAYOUT)  # SDXL families: tests/export/test_single_file_sdxl.py
 
 
 def one_sentence(message: str) -> bool:
@@ -216,7 +217,7 @@ def original_config(family: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("family", sf.FAMILIES)
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_builtin_configs_match_diffusers_ldm_conversion(family):
     """The UNet / VAE configs equal what diffusers derives from the original LDM yaml for the same checkpoint."""
     from diffusers.loaders.single_file_utils import (
@@ -236,7 +237,7 @@ def test_builtin_configs_match_diffusers_ldm_conversion(family):
             assert (list(mine) if isinstance(mine, tuple) else mine) == value, (component, key)
 
 
-@pytest.mark.parametrize("family", sf.FAMILIES)
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_builtin_configs_are_complete_and_known(family):
     import diffusers
     from transformers import CLIPTextConfig
@@ -264,8 +265,9 @@ def test_builtin_configs_are_complete_and_known(family):
 
 
 def test_unknown_family_is_refused():
-    with pytest.raises(CheckpointError, match="accepted families: sd1, sd2, sd1-inpaint, sd2-inpaint") as error:
-        sf.builtin_configs("sdxl")
+    accepted = "accepted families: sd1, sd2, sd1-inpaint, sd2-inpaint, sdxl, sdxl-refiner, sdxl-inpaint"
+    with pytest.raises(CheckpointError, match=accepted) as error:
+        sf.builtin_configs("sd3")
     assert one_sentence(str(error.value))
 
 
@@ -330,7 +332,7 @@ def _shapes(**overrides) -> dict:
                 "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
                 sf.CONV_IN_KEY: (320, 4, 3, 3),
             },
-            "SDXL single files are not supported yet",
+            r"SDXL text-encoder keys under conditioner\.embedders\.0\.transformer\.\*, which match no SDXL layout",
         ),
         (
             {"encoder.weight": (3, 3), "decoder.bias": (3,)},
@@ -343,7 +345,7 @@ def _shapes(**overrides) -> dict:
         ),
         ({sf.CONV_IN_KEY: (320, 4, 3, 3)}, r"neither a text encoder .*\(found None\)"),
     ],
-    ids=["sdxl", "random", "empty", "sd3-like", "unet-only-unknown-width"],
+    ids=["sdxl-clip-only", "random", "empty", "sd3-like", "unet-only-unknown-width"],
 )
 def test_unrecognised_layouts(shapes, pattern):
     with pytest.raises(CheckpointError, match=pattern) as error:
