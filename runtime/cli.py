@@ -1,7 +1,8 @@
 """``diffrt generate``: run a package's pipeline from the command line (torch-free).
 
 The task follows the arguments: ``--mask`` inpaints, ``--image`` redraws an image, otherwise text-to-image;
-a DDPM package generates unconditionally. The pipeline class comes from AutoPipeline, as in Python.
+a DDPM package generates unconditionally. The pipeline class comes from AutoPipeline, as in Python; SDXL packages
+also take ``--prompt-2`` / ``--negative-prompt-2`` for their second text encoder.
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("package", help="an engine package folder (from `diffrt export`)")
     p.add_argument("prompt", nargs="?", help="what to draw (not used by unconditional DDPM packages)")
     p.add_argument("--negative", metavar="TEXT", help="negative prompt: what to steer away from")
+    p.add_argument("--prompt-2", metavar="TEXT", help="SDXL: prompt for the second text encoder (default: the prompt)")
+    p.add_argument("--negative-prompt-2", metavar="TEXT", help="SDXL: negative prompt for the second text encoder")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; DDPM: 1000)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the pipeline's, 7.5; SDXL text/image-to-image 5)",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
     p.add_argument("--size", type=parse_size, metavar="HxW", help="image size in pixels (text-to-image, inpainting)")
     p.add_argument(
@@ -59,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         AutoPipelineForText2Image,
         DDPMPipeline,
     )
+    from .pipelines.stable_diffusion_xl import StableDiffusionXLBase
     from .schedulers import SCHEDULERS
 
     if args.mask is not None and args.image is None:
@@ -75,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
         task = auto.task
         if args.prompt is None:
             raise ConfigError(f"prompt is missing; {task} with {type(pipe).__name__} needs one.")
+    second = [
+        flag
+        for flag, value in (("--prompt-2", args.prompt_2), ("--negative-prompt-2", args.negative_prompt_2))
+        if value is not None
+    ]
+    if second and not isinstance(pipe, StableDiffusionXLBase):
+        raise ConfigError(
+            f"{' and '.join(second)} apply only to SDXL packages (two text encoders); this package runs "
+            f"{type(pipe).__name__}."
+        )
     if args.scheduler:
         if args.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {args.scheduler!r} is unknown; accepted: {', '.join(sorted(SCHEDULERS))}.")
@@ -87,12 +106,11 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(pipe, DDPMPipeline):
         kwargs["batch_size"] = args.num_images
     else:
-        kwargs.update(
-            prompt=args.prompt,
-            negative_prompt=args.negative,
-            guidance_scale=args.guidance,
-            num_images_per_prompt=args.num_images,
-        )
+        kwargs.update(prompt=args.prompt, negative_prompt=args.negative, num_images_per_prompt=args.num_images)
+        if args.guidance is not None:
+            kwargs["guidance_scale"] = args.guidance
+        if isinstance(pipe, StableDiffusionXLBase):
+            kwargs.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2)
         if args.image is not None:
             kwargs["image"] = _open_image(args.image, "--image").convert("RGB")
         if args.mask is not None:

@@ -97,3 +97,27 @@ def test_an_image_is_generated_where_torch_cannot_be_imported(packages, tmp_path
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"size": [32, 32], "filled": [32, 32], "heavy": []}
     assert out.stat().st_size > 0
+
+
+def test_sdxl_base_and_refiner_generate_where_torch_cannot_be_imported(sdxl_packages):
+    result = run_blocked(
+        f"""
+        import json, sys
+        from diffrt.runtime import AutoPipelineForImage2Image, AutoPipelineForText2Image
+        base = AutoPipelineForText2Image.from_pretrained({str(sdxl_packages["sdxl"])!r})
+        refiner = AutoPipelineForImage2Image.from_pretrained({str(sdxl_packages["sdxl_refiner"])!r})
+        prompt = "a photograph of an astronaut riding a horse"
+        latents = base(prompt, num_inference_steps=4, denoising_end=0.5, output_type="latent", generator=0).images
+        image = refiner(prompt, image=latents, num_inference_steps=4, denoising_start=0.5, generator=0).images[0]
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "scipy"))
+        print(json.dumps({{"classes": [type(base).__name__, type(refiner).__name__], "size": list(image.size),
+                           "heavy": heavy}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        "classes": ["StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"],
+        "size": [64, 64],
+        "heavy": [],
+    }

@@ -5,8 +5,11 @@ from .base import DiffusionPipeline, ImagePipelineOutput, StableDiffusionPipelin
 from .ddpm import DDPMPipeline
 from .depth2img import StableDiffusionDepth2ImgPipeline
 from .img2img import StableDiffusionImg2ImgPipeline
+from .img2img_xl import StableDiffusionXLImg2ImgPipeline
 from .inpaint import StableDiffusionInpaintPipeline
+from .inpaint_xl import StableDiffusionXLInpaintPipeline
 from .text2img import StableDiffusionPipeline
+from .text2img_xl import StableDiffusionXLPipeline
 
 PIPELINES = {
     cls.__name__: cls
@@ -15,6 +18,9 @@ PIPELINES = {
         StableDiffusionImg2ImgPipeline,
         StableDiffusionInpaintPipeline,
         StableDiffusionDepth2ImgPipeline,
+        StableDiffusionXLPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
         DDPMPipeline,
     )
 }
@@ -32,4 +38,7 @@ __all__ = [
     "StableDiffusionInpaintPipeline",
     "StableDiffusionPipeline",
     "StableDiffusionPipelineOutput",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
+    "StableDiffusionXLPipeline",
 ]

@@ -4,7 +4,9 @@ diffusers maps a pipeline class to its model family ("stable-diffusion"), then t
 serves the asked task. We do the same, and go one step further for depth packages: a depth-to-image package is a
 text-guided image-to-image model, so ``AutoPipelineForImage2Image`` opens it as
 ``StableDiffusionDepth2ImgPipeline`` (diffusers refuses it). Text-to-image and inpainting need a UNet without the
-depth channel, so those two refuse a depth package with the reason. ``DDPMPipeline`` belongs to no task here.
+depth channel, so those two refuse a depth package with the reason. The SDXL classes form their own family (their
+UNet takes pooled text embeddings and size conditioning): any SDXL package, base, refiner or inpainting, opens as
+the task's SDXL class. ``DDPMPipeline`` belongs to no task here.
 """
 
 from __future__ import annotations
@@ -18,21 +20,31 @@ from ..schedulers import Scheduler
 from .base import DiffusionPipeline
 from .depth2img import StableDiffusionDepth2ImgPipeline
 from .img2img import StableDiffusionImg2ImgPipeline
+from .img2img_xl import StableDiffusionXLImg2ImgPipeline
 from .inpaint import StableDiffusionInpaintPipeline
+from .inpaint_xl import StableDiffusionXLInpaintPipeline
 from .text2img import StableDiffusionPipeline
+from .text2img_xl import StableDiffusionXLPipeline
 
 FAMILIES = {
     "StableDiffusionPipeline": "stable-diffusion",
     "StableDiffusionImg2ImgPipeline": "stable-diffusion",
     "StableDiffusionInpaintPipeline": "stable-diffusion",
     "StableDiffusionDepth2ImgPipeline": "stable-diffusion-depth",
+    "StableDiffusionXLPipeline": "stable-diffusion-xl",
+    "StableDiffusionXLImg2ImgPipeline": "stable-diffusion-xl",
+    "StableDiffusionXLInpaintPipeline": "stable-diffusion-xl",
 }
-TEXT2IMAGE = {"stable-diffusion": StableDiffusionPipeline}
+TEXT2IMAGE = {"stable-diffusion": StableDiffusionPipeline, "stable-diffusion-xl": StableDiffusionXLPipeline}
 IMAGE2IMAGE = {
     "stable-diffusion": StableDiffusionImg2ImgPipeline,
     "stable-diffusion-depth": StableDiffusionDepth2ImgPipeline,
+    "stable-diffusion-xl": StableDiffusionXLImg2ImgPipeline,
 }
-INPAINTING = {"stable-diffusion": StableDiffusionInpaintPipeline}
+INPAINTING = {
+    "stable-diffusion": StableDiffusionInpaintPipeline,
+    "stable-diffusion-xl": StableDiffusionXLInpaintPipeline,
+}
 
 
 class _AutoPipeline:

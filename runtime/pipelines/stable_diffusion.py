@@ -12,7 +12,7 @@ import copy
 import inspect
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,6 +51,15 @@ class StableDiffusionBase(DiffusionPipeline):
 
     def __init__(self, package, scheduler: Scheduler | None = None):
         self.unet_config = package.config("unet")
+        self.check_unet(package)
+        super().__init__(package, scheduler)
+        self.load_text_side(package)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._guidance_scale, self._guidance_rescale, self._clip_skip = 7.5, 0.0, None
+        self._num_timesteps, self._interrupt = 0, False
+
+    def check_unet(self, package) -> None:
+        """Refuse, before any engine is created, a package whose UNet this pipeline cannot drive."""
         in_channels = self.unet_config.get("in_channels", 4)
         if self.unet_config and in_channels not in self.unet_in_channels:
             raise ConfigError(
@@ -58,12 +67,17 @@ class StableDiffusionBase(DiffusionPipeline):
                 f"{type(self).__name__} drives a UNet of {' or '.join(map(str, self.unet_in_channels))}; use "
                 f"{_pipeline_for(in_channels)} for this package."
             )
-        super().__init__(package, scheduler)
+        if self.unet_config.get("addition_embed_type") == "text_time":
+            raise ConfigError(
+                f"the package's UNet is an SDXL UNet (addition_embed_type='text_time', exported from "
+                f"{package.pipeline_class or 'an SDXL pipeline'}), which {type(self).__name__} cannot drive; use "
+                "StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline or StableDiffusionXLInpaintPipeline."
+            )
+
+    def load_text_side(self, package) -> None:
+        """The tokenizer(s) and text encoder config(s) prompt encoding reads; SDXL pipelines load two."""
         self.tokenizer = package.tokenizer()
         self.text_encoder_config = package.config("text_encoder")
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        self._guidance_scale, self._guidance_rescale, self._clip_skip = 7.5, 0.0, None
-        self._num_timesteps, self._interrupt = 0, False
 
     # ----- the properties diffusers' callbacks read -------------------------------------------------------------
     @property
@@ -223,23 +237,18 @@ class StableDiffusionBase(DiffusionPipeline):
 
         The copy keeps concurrent calls on one pipeline independent: a scheduler holds per-run state.
         """
-        prompts = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
-        check_output_type(output_type)
-        check_int("num_images_per_prompt", num_images_per_prompt)
-        for name, value, lo, hi in (
-            ("guidance_scale", guidance_scale, -math.inf, math.inf),
-            ("guidance_rescale", guidance_rescale, 0.0, 1.0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not lo <= value <= hi:
-                accepted = "a number" if hi == math.inf else f"a number from {lo:g} to {hi:g}"
-                raise ConfigError(f"{name}={value!r} is not supported; accepted: {accepted}.")
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ConfigError(
-                f"callback_on_step_end_tensor_inputs has {unknown}; accepted: {list(self._callback_tensor_inputs)}."
-            )
-        self._guidance_scale, self._guidance_rescale = float(guidance_scale), float(guidance_rescale)
-        self._clip_skip, self._interrupt = clip_skip, False
+        prompts = self.check_call(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_images_per_prompt,
+            guidance_scale,
+            guidance_rescale,
+            clip_skip,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt,
             num_images_per_prompt,
@@ -259,6 +268,39 @@ class StableDiffusionBase(DiffusionPipeline):
             callback=callback_on_step_end,
             callback_inputs=tuple(callback_on_step_end_tensor_inputs),
         )
+
+    def check_call(
+        self,
+        prompt: Prompt,
+        negative_prompt: Prompt,
+        prompt_embeds: np.ndarray | None,
+        negative_prompt_embeds: np.ndarray | None,
+        num_images_per_prompt: int,
+        guidance_scale: float,
+        guidance_rescale: float,
+        clip_skip: int | None,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> int:
+        """The checks of :meth:`start_call`, and the settings callbacks read; returns the number of prompts."""
+        prompts = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        check_output_type(output_type)
+        check_int("num_images_per_prompt", num_images_per_prompt)
+        for name, value, lo, hi in (
+            ("guidance_scale", guidance_scale, -math.inf, math.inf),
+            ("guidance_rescale", guidance_rescale, 0.0, 1.0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not lo <= value <= hi:
+                accepted = "a number" if hi == math.inf else f"a number from {lo:g} to {hi:g}"
+                raise ConfigError(f"{name}={value!r} is not supported; accepted: {accepted}.")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ConfigError(
+                f"callback_on_step_end_tensor_inputs has {unknown}; accepted: {list(self._callback_tensor_inputs)}."
+            )
+        self._guidance_scale, self._guidance_rescale = float(guidance_scale), float(guidance_rescale)
+        self._clip_skip, self._interrupt = clip_skip, False
+        return prompts
 
     def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         default_h, default_w = self.default_size()
@@ -290,11 +332,13 @@ class StableDiffusionBase(DiffusionPipeline):
         conditioning: Sequence[str] = (),
         blend: Callable[[int, np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
         state: dict[str, np.ndarray] | None = None,
+        unet_inputs: Mapping[str, str] | None = None,
     ) -> np.ndarray:
         """Run the UNet over ``timesteps`` with guidance, stepping ``scheduler``; return the final latents.
 
         ``conditioning`` names tensors in ``state`` concatenated to the UNet input after the latents (inpainting
-        mask and masked image, depth map); ``blend`` re-imposes known regions after each step (4-channel inpainting).
+        mask and masked image, depth map); ``blend`` re-imposes known regions after each step (4-channel inpainting);
+        ``unet_inputs`` maps further UNet inputs to the ``state`` tensors fed to them (SDXL's added conditions).
         Callbacks may replace any tensor named in ``callback_on_step_end_tensor_inputs``.
         """
         cfg, scheduler = self.do_classifier_free_guidance, call.scheduler
@@ -318,7 +362,8 @@ class StableDiffusionBase(DiffusionPipeline):
                 if conditioning:
                     model_input = np.concatenate([model_input, *(state[k] for k in conditioning)], axis=1)
                 unet_start = time.perf_counter()
-                noise_pred = self.run_unet(model_input, t, state["prompt_embeds"], cond)
+                extra = {name: state[key] for name, key in (unet_inputs or {}).items()}
+                noise_pred = self.run_unet(model_input, t, state["prompt_embeds"], cond, extra)
                 unet_end = time.perf_counter()
                 if cfg:
                     uncond, text = np.split(noise_pred, 2)
@@ -342,12 +387,18 @@ class StableDiffusionBase(DiffusionPipeline):
         return state["latents"]
 
     def run_unet(
-        self, sample: np.ndarray, t: Any, encoder_hidden_states: np.ndarray, timestep_cond: np.ndarray | None
+        self,
+        sample: np.ndarray,
+        t: Any,
+        encoder_hidden_states: np.ndarray,
+        timestep_cond: np.ndarray | None,
+        extra: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         feeds = {
             "sample": sample,
             "timestep": timestep_feed(self.unet, t, sample.shape[0]),
             "encoder_hidden_states": encoder_hidden_states,
+            **(extra or {}),
         }
         if timestep_cond is not None:
             feeds["timestep_cond"] = np.concatenate([timestep_cond] * (sample.shape[0] // timestep_cond.shape[0]))
@@ -357,20 +408,27 @@ class StableDiffusionBase(DiffusionPipeline):
     def encode_image(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
         """Scaled latents of ``image`` (B, 3, H, W) in [-1, 1]: a draw from the VAE posterior, as diffusers'
         ``retrieve_latents`` (sample mode) takes it, times the VAE scaling factor."""
+        return (self.package.vae_scaling_factor * self.posterior_sample(image, generator)).astype(np.float32)
+
+    def posterior_sample(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        """One draw from the VAE posterior of ``image`` (B, 3, H, W) in [-1, 1], unscaled: (B, C, H/f, W/f)."""
         with self.timed("vae_encoder"):
             params = self.vae_encoder.run({"sample": image}, ["latent_parameters"])["latent_parameters"]
         mean, logvar = np.split(params, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
-        sample = mean + std * randn(mean.shape, generator)
-        return (self.package.vae_scaling_factor * sample).astype(np.float32)
+        return mean + std * randn(mean.shape, generator)
 
     def decode_latents(self, latents: np.ndarray, output_type: str) -> StableDiffusionPipelineOutput:
         if output_type == "latent":
             return StableDiffusionPipelineOutput(images=latents)
         with self.timed("vae_decoder"):
-            image = self.vae_decoder.run({"latent_sample": latents / self.package.vae_scaling_factor}, ["sample"])
+            image = self.vae_decoder.run({"latent_sample": self.unscale_latents(latents)}, ["sample"])
         images = self.image_processor.postprocess(image["sample"], output_type=output_type)
         return StableDiffusionPipelineOutput(images=images)
+
+    def unscale_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Diffusion latents -> what the VAE decoder takes: divided by the scaling factor."""
+        return latents / self.package.vae_scaling_factor
 
     def check_latents(self, latents: Any, shape: tuple[int, ...], why: str) -> np.ndarray:
         latents = np.asarray(latents, dtype=np.float32)

@@ -101,3 +101,32 @@ def test_generate_refuses_bad_arguments_in_one_line(packages, tmp_path, monkeypa
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffrt generate: ") and message in err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_generate_opens_an_sdxl_package_and_passes_the_second_prompts(sdxl_packages, tmp_path):
+    from diffrt.runtime.pipelines import StableDiffusionXLPipeline
+
+    out = tmp_path / "xl.png"
+    argv = ["generate", str(sdxl_packages["sdxl"]), "a red cube", "--prompt-2", "oil painting", "--negative", "blue"]
+    assert main([*argv, "--negative-prompt-2", "dark", "--steps", "2", "--seed", "5", "--out", str(out)]) == 0
+    expected = quiet(StableDiffusionXLPipeline.from_pretrained(sdxl_packages["sdxl"]))(
+        "a red cube",
+        prompt_2="oil painting",
+        negative_prompt="blue",
+        negative_prompt_2="dark",
+        num_inference_steps=2,
+        generator=5,
+    ).images[0]
+    assert np.array_equal(pixels(out), np.asarray(expected))
+    other = quiet(StableDiffusionXLPipeline.from_pretrained(sdxl_packages["sdxl"]))(
+        "a red cube", negative_prompt="blue", num_inference_steps=2, generator=5
+    ).images[0]
+    assert not np.array_equal(pixels(out), np.asarray(other))  # the second prompts reached the second encoder
+
+
+def test_generate_refuses_second_prompts_for_a_single_encoder_package(packages, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", str(packages["sd1"]), "a cat", "--steps", "1", "--prompt-2", "a dog"]) == 1
+    err = capsys.readouterr().err
+    assert "--prompt-2 apply only to SDXL packages" in err and "StableDiffusionPipeline" in err
+    assert not (tmp_path / "out.png").exists()
