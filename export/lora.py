@@ -9,10 +9,14 @@ only with ``allow_pickle=True``):
   it, ``use_rslora``). Without that metadata diffusers uses ``alpha == rank`` for every module: scale 1.
 * ``"attn-procs"``: the attention-processor keys of older diffusers (``...attn1.processor.to_q_lora.down.weight``,
   ``<module>.lora.down.weight``, ``<module>.lora_linear_layer.down.weight``). They carry no alpha: scale 1.
-* ``"kohya"``: ``lora_unet_<path>`` / ``lora_te_<path>`` / ``lora_te1_<path>`` with ``.lora_down.weight``,
-  ``.lora_up.weight`` and ``.alpha``, LoCon conv layers included. Scale ``alpha / rank`` per module; a module
-  without ``.alpha`` gets scale 1 (kohya's own rule, and diffusers' when the file has no alpha at all).
-  Underscore names are resolved against the model's parameter names, never split by guesswork.
+* ``"kohya"``: ``lora_unet_<path>`` / ``lora_te_<path>`` / ``lora_te1_<path>`` (the text encoder) /
+  ``lora_te2_<path>`` (SDXL's second text encoder) with ``.lora_down.weight``, ``.lora_up.weight`` and ``.alpha``,
+  LoCon conv layers included. Scale ``alpha / rank`` per module; a module without ``.alpha`` gets scale 1 (kohya's
+  own rule, and diffusers' when the file has no alpha at all). Underscore names are resolved against the model's
+  parameter names, never split by guesswork. For an SDXL UNet the names may also be in the LDM / SGM layout kohya
+  trains SDXL in (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``, ``middle_block``,
+  ``output_blocks``, resnets' ``in_layers_2`` / ``out_layers_3`` / ``emb_layers_1`` / ``skip_connection``): those
+  are looked up in a table of the model's own layers under their LDM names, built from its block structure.
 
 :func:`lora_deltas` turns adapters into ``weight * scale * up @ down`` per model parameter, summed over adapters,
 which is what ``set_adapters(names, adapter_weights=...)`` + ``fuse_lora()`` add to the weights. This module
@@ -80,8 +84,28 @@ _TEXT_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "o
 _CROSS_ATTENTION_FAMILIES = {768: "Stable Diffusion 1.x", 1024: "Stable Diffusion 2.x", 2048: "SDXL"}
 _TEXT_WIDTH_FAMILIES = {768: "Stable Diffusion 1.x", 1024: "Stable Diffusion 2.x", 1280: "SDXL"}
 
-# kohya keys in the LDM / SGM UNet layout, which diffusers only maps for SDXL.
+# kohya keys in the LDM / SGM UNet layout, which diffusers only maps for SDXL (and so do we).
 _SGM_MARKERS = ("input_blocks", "output_blocks", "middle_block")
+# The parameter only SDXL's text_time UNet has among the families diffrt exports.
+_SDXL_UNET_MARKER = "add_embedding.linear_1.weight"
+# Layers outside the down / mid / up blocks, under their LDM names.
+_SGM_TOP_LEVEL = {
+    "conv_in": "input_blocks.0.0",
+    "conv_out": "out.2",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+}
+# A ResBlock's layers under their LDM names (in_layers = norm, SiLU, conv; out_layers = norm, SiLU, dropout, conv).
+_SGM_RESNET_LAYERS = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 
 # PEFT's LoraConfig default lora_alpha, used when diffusers' metadata leaves it out.
 _PEFT_DEFAULT_ALPHA = 8.0
@@ -507,9 +531,16 @@ class _Targets:
             if self.text:  # kohya names keep transformers 4's text_model prefix
                 forms.append("text_model_" + forms[0])
             for form in forms:
-                names = self.underscored.setdefault(form, [])
-                if name not in names:
-                    names.append(name)
+                self._add(form, name)
+        self.ldm_names = component == "unet" and _SDXL_UNET_MARKER in self.shapes
+        if self.ldm_names:  # kohya's SDXL trainer names the UNet's layers as the LDM UNet does
+            for path, sgm in _sgm_paths(self.shapes).items():
+                self._add(sgm.replace(".", "_"), f"{path}.weight")
+
+    def _add(self, form: str, name: str) -> None:
+        names = self.underscored.setdefault(form, [])
+        if name not in names:
+            names.append(name)
 
     def _normal(self, path: str) -> str:
         return path.removeprefix("text_model.") if self.text else path
@@ -527,6 +558,66 @@ class _Targets:
             if name.endswith(endings) and len(shape) >= 2:
                 return int(shape[1])
         return None
+
+
+_BLOCK_RE = re.compile(r"^(?P<part>down_blocks|up_blocks)\.(?P<block>\d+)\.(?P<kind>resnets|attentions)\.(?P<i>\d+)\.")
+_MID_RE = re.compile(r"^mid_block\.(?P<kind>resnets|attentions)\.(?P<i>\d+)\.")
+
+
+def _sgm_paths(names: Iterable[str]) -> dict[str, str]:
+    """Diffusers module path -> the same layer's path in the LDM / SGM UNet, for every weight in ``names``.
+
+    The LDM UNet numbers its layers in one run per side, read off the model's own blocks: ``input_blocks.0`` is
+    conv_in, then each down block gives one input block per resnet (resnet at ``.0``, its attention at ``.1``) and
+    one for its downsampler (``.0.op``); ``middle_block`` runs resnet, attention, resnet; each up block gives one
+    output block per resnet, its last also holding the upsampler (``.2.conv``, or ``.1.conv`` without attention).
+    """
+    paths = [name.removesuffix(".weight") for name in names if name.endswith(".weight")]
+    present = set(paths)
+    resnets: dict[tuple[str, int], int] = {}  # (down_blocks | up_blocks, block) -> number of resnets
+    with_attention: set[tuple[str, int]] = set()
+    middle: set[tuple[int, int, str]] = set()  # (order: resnet i, then attention i; i; kind)
+    for path in paths:
+        if found := _BLOCK_RE.match(path):
+            block = (found["part"], int(found["block"]))
+            resnets.setdefault(block, 0)
+            if found["kind"] == "resnets":
+                resnets[block] = max(resnets[block], int(found["i"]) + 1)
+            else:
+                with_attention.add(block)
+        elif found := _MID_RE.match(path):
+            i = int(found["i"])
+            middle.add((2 * i + (found["kind"] == "attentions"), i, found["kind"]))
+    prefixes = {f"{path}.": f"{sgm}." for path, sgm in _SGM_TOP_LEVEL.items()}
+    index = 1
+    for part, block in sorted(b for b in resnets if b[0] == "down_blocks"):
+        for i in range(resnets[(part, block)]):
+            prefixes[f"down_blocks.{block}.resnets.{i}."] = f"input_blocks.{index}.0."
+            prefixes[f"down_blocks.{block}.attentions.{i}."] = f"input_blocks.{index}.1."
+            index += 1
+        if f"down_blocks.{block}.downsamplers.0.conv" in present:
+            prefixes[f"down_blocks.{block}.downsamplers.0.conv."] = f"input_blocks.{index}.0.op."
+            index += 1
+    for position, (_, i, kind) in enumerate(sorted(middle)):
+        prefixes[f"mid_block.{kind}.{i}."] = f"middle_block.{position}."
+    index = 0
+    for part, block in sorted(b for b in resnets if b[0] == "up_blocks"):
+        for i in range(resnets[(part, block)]):
+            prefixes[f"up_blocks.{block}.resnets.{i}."] = f"output_blocks.{index}.0."
+            prefixes[f"up_blocks.{block}.attentions.{i}."] = f"output_blocks.{index}.1."
+            index += 1
+        slot = 2 if (part, block) in with_attention else 1
+        prefixes[f"up_blocks.{block}.upsamplers.0.conv."] = f"output_blocks.{index - 1}.{slot}.conv."
+    mapped = {}
+    for path in paths:
+        prefix = next((p for p in prefixes if f"{path}.".startswith(p)), None)
+        if prefix is None:
+            continue
+        rest = path[len(prefix) :]
+        if ".resnets." in prefix:
+            rest = _SGM_RESNET_LAYERS.get(rest, rest)
+        mapped[path] = f"{prefixes[prefix]}{rest}".rstrip(".")
+    return mapped
 
 
 _CROSS_ENDINGS = ("attn2.to_k", "attn2.to_v")
@@ -571,6 +662,7 @@ def _check_family(adapter: LoraAdapter, index: dict[str, _Targets], where: str) 
     checks = (
         ("unet", _CROSS_ENDINGS, "cross-attention layers", _CROSS_ATTENTION_FAMILIES),
         ("text_encoder", _TEXT_ENDINGS, "text-encoder layers", _TEXT_WIDTH_FAMILIES),
+        ("text_encoder_2", _TEXT_ENDINGS, "second text-encoder layers", _TEXT_WIDTH_FAMILIES),
     )
     for component, endings, what, families in checks:
         if component not in adapter.modules or component not in index:
@@ -581,9 +673,9 @@ def _check_family(adapter: LoraAdapter, index: dict[str, _Targets], where: str) 
             raise _family_error(where, what, found, model, families)
 
 
-def _unresolved_error(where: str, missing: list[str]) -> CheckpointError:
+def _unresolved_error(where: str, missing: list[str], ldm_names: bool) -> CheckpointError:
     hint = ""
-    if any(marker in key for key in missing for marker in _SGM_MARKERS):
+    if not ldm_names and any(marker in key for key in missing for marker in _SGM_MARKERS):
         hint = " (their input_blocks / output_blocks names are the LDM layout that SDXL kohya files use)"
     verb = "matches" if len(missing) == 1 else "match"
     return CheckpointError(
@@ -597,10 +689,11 @@ def lora_deltas(
 ) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
     """Weight updates of ``adapters`` for the model whose parameter shapes are ``targets``, and one summary each.
 
-    ``targets`` maps a component (``"unet"``, ``"text_encoder"``) to ``{parameter name: shape}``; text-encoder
-    names may carry transformers 4's ``text_model.`` prefix or not. Returns ``deltas[component][name]``: the sum
-    over adapters of ``weight * (alpha / rank) * up @ down`` (float32, the parameter's shape), what diffusers'
-    ``set_adapters`` + ``fuse_lora`` add; and ``[{"file", "sha256", "weight", "format", "modules"}]``.
+    ``targets`` maps a component (``"unet"``, ``"text_encoder"``, ``"text_encoder_2"``) to ``{parameter name:
+    shape}``; text-encoder names may carry transformers 4's ``text_model.`` prefix or not. Returns
+    ``deltas[component][name]``: the sum over adapters of ``weight * (alpha / rank) * up @ down`` (float32, the
+    parameter's shape), what diffusers' ``set_adapters`` + ``fuse_lora`` add; and
+    ``[{"file", "sha256", "weight", "format", "modules"}]``.
     Raises CheckpointError naming the file for modules of another model family, modules that match no layer,
     or shapes that do not fit.
     """
@@ -633,7 +726,7 @@ def lora_deltas(
                     )
                 resolved[(component, names[0])] = module
         if missing:
-            raise _unresolved_error(where, missing)
+            raise _unresolved_error(where, missing, "unet" in index and index["unet"].ldm_names)
         counts = {component: 0 for component in targets}
         for (component, name), module in resolved.items():
             shape = index[component].shapes[name]

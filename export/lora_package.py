@@ -1,6 +1,6 @@
 """LoRA in engine packages: fused into the weights at export, and swapped later without re-tracing.
 
-Export writes, beside the graphs LoRA can touch (UNet, text encoder), ``weights.json``: for each weight matrix or
+Export writes, beside the graphs LoRA can touch (UNet, text encoders), ``weights.json``: for each weight matrix or
 convolution kernel of the torch module, the ONNX initializer(s) holding it and whether the exporter stored it
 transposed (constant folding turns a Linear's weight into a transposed MatMul constant with a generated name).
 The map is found by content, not by name, so it does not depend on what the exporter called things.
@@ -29,7 +29,7 @@ from .staging import staged_folder
 
 WEIGHTS_MAP = "weights.json"
 LORA_BASE = "lora_base.safetensors"
-LORA_NETWORKS = ("unet", "text_encoder")
+LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
 TEXT_MODEL_PREFIX = "text_model."
 MAP_FORMAT = 1
 
@@ -81,7 +81,7 @@ def _digest(data: bytes) -> bytes:
 # ----- fusing at export ------------------------------------------------------------------------------------------
 @dataclass
 class FusedSource:
-    """A source whose UNet / text encoder load with the adapters fused in, and what was changed."""
+    """A source whose UNet / text encoders load with the adapters fused in, and what was changed."""
 
     source: Any
     summaries: list[dict[str, Any]]
@@ -90,7 +90,7 @@ class FusedSource:
 
 
 def fuse_into_source(source, specs: Sequence[LoraSpec], allow_pickle: bool = False) -> FusedSource:
-    """Read the adapters, check them against the source's UNet and text encoder, and return a source whose
+    """Read the adapters, check them against the source's UNet and text encoders, and return a source whose
     components load fused weights. The state dicts are loaded once here and handed to the model builders."""
     import torch
 
@@ -155,8 +155,9 @@ def apply_loras(
 ) -> ApplyReport:
     """Write ``out``: ``package`` with exactly ``specs`` fused (none: the base weights restored).
 
-    Only the UNet and text-encoder graphs are rewritten, and in them only the weights an adapter (old or new)
-    touches; nothing is traced and no torch model is built. ``out`` may equal ``package`` with ``force``.
+    Only the UNet and text-encoder graphs (SDXL's second one too) are rewritten, and in them only the weights an
+    adapter (old or new) touches; nothing is traced and no torch model is built. ``out`` may equal ``package``
+    with ``force``.
     """
     import onnx
     from safetensors.numpy import load_file
