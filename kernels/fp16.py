@@ -10,7 +10,9 @@ images. :func:`convert_to_fp16` therefore splits the nodes of the graph into two
   path**: every node reachable forward from the graph inputs named in ``keep_from_inputs`` up to (not including)
   the first MatMul, Gemm, Conv or ``com.microsoft`` node on each path. That is where the UNet computes its
   sinusoidal embedding ``sin(t * f)``, ``cos(t * f)`` for ``t`` up to 999: float16 spaces numbers near 1000 by 0.5,
-  so the phases would be noise (diffusers computes it in float32 in its float16 pipelines too);
+  so the phases would be noise (diffusers computes it in float32 in its float16 pipelines too). SDXL's ``time_ids``
+  (image sizes up to 1024 and more, crop corners, aesthetic scores) go through the same sinusoidal features, so
+  their path is kept by default too;
 * the **float16 region**: everything else, ``com.microsoft.MultiHeadAttention`` (which
   :mod:`diffrt.kernels.attention` writes, and which has float16 CUDA kernels) included.
 
@@ -53,7 +55,7 @@ from onnx import helper, numpy_helper
 logger = logging.getLogger("diffrt.kernels")
 
 # Bumped whenever the pass writes a different graph for the same input: the runtime's graph cache keys include it.
-PASS_VERSION = "1"
+PASS_VERSION = "2"  # 2: SDXL's time_ids path stays float32 by default
 MS_DOMAIN = "com.microsoft"
 FLOAT = onnx.TensorProto.FLOAT
 FLOAT16 = onnx.TensorProto.FLOAT16
@@ -101,7 +103,11 @@ KEEP_FP32_OPS: frozenset[str] = frozenset(
     }
 )
 
-__all__ = ["FP16_MAX", "Fp16Report", "KEEP_FP32_OPS", "PASS_VERSION", "convert_to_fp16"]
+# Graph inputs whose forward path, up to the first projection, stays float32: the UNet's timestep and SDXL's
+# time ids, both turned into sin/cos features of numbers too large for float16's spacing.
+DEFAULT_KEEP_FROM_INPUTS = ("timestep", "time_ids")
+
+__all__ = ["DEFAULT_KEEP_FROM_INPUTS", "FP16_MAX", "Fp16Report", "KEEP_FP32_OPS", "PASS_VERSION", "convert_to_fp16"]
 
 _STANDARD = ("", "ai.onnx")
 # Where the timestep path ends: the first projection of the embedding (its input is then in a sane range).
@@ -159,7 +165,7 @@ def convert_to_fp16(
     model: onnx.ModelProto,
     *,
     keep_ops: Iterable[str] = KEEP_FP32_OPS,
-    keep_from_inputs: Iterable[str] = ("timestep",),
+    keep_from_inputs: Iterable[str] = DEFAULT_KEEP_FROM_INPUTS,
 ) -> tuple[onnx.ModelProto, Fp16Report]:
     """Convert ``model``'s main graph to float16 except the parts that must stay float32 (see the module doc).
 

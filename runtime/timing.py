@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-STAGES = ("text_encoder", "unet", "scheduler", "vae_encoder", "vae_decoder", "depth_estimator")
+STAGES = ("text_encoder", "text_encoder_2", "unet", "scheduler", "vae_encoder", "vae_decoder", "depth_estimator")
 
 
 @dataclass(frozen=True)

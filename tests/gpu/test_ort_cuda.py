@@ -26,6 +26,9 @@ from diffrt.runtime.pipelines import (  # noqa: E402
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
 )
 
 PROMPT = "a red cube on a table"
@@ -69,6 +72,31 @@ def test_fp16_images_match_fp32_and_have_no_nan(packages, case):
         assert fp16_pipe.depth_estimator.precision == "fp32"
     assert not np.isnan(fp16).any() and not np.isnan(fp32).any()
     assert fp16.std() > 0.01  # an image, not a flat (black) field
+    error = np.abs(fp16 - fp32).max()
+    assert error <= 2e-2, f"{case}: fp16 differs from fp32 by {error}"
+
+
+SDXL_CASES = {
+    "sdxl_text2img": ("sdxl", StableDiffusionXLPipeline, {}),
+    "sdxl_refiner_img2img": ("sdxl_refiner", StableDiffusionXLImg2ImgPipeline, {"image": picture(4, 64)}),
+    "sdxl_inpaint": (
+        "sdxl_inpaint",
+        StableDiffusionXLInpaintPipeline,
+        {"image": picture(5, 64), "mask_image": mask(64)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SDXL_CASES))
+def test_sdxl_fp16_images_match_fp32_with_the_vae_kept_fp32(sdxl_packages, case):
+    """SDXL's UNet and both text encoders run fp16; its VAE (force_upcast) stays fp32 under precision auto."""
+    kind, cls, kwargs = SDXL_CASES[case]
+    _, fp32 = generate(cls, sdxl_packages[kind], FP32, **kwargs)
+    fp16_pipe, fp16 = generate(cls, sdxl_packages[kind], AUTO, **kwargs)
+    assert fp16_pipe.unet.provider == "CUDAExecutionProvider" and fp16_pipe.unet.precision == "fp16"
+    assert fp16_pipe.text_encoder_2.precision == "fp16"
+    assert fp16_pipe.vae_decoder.precision == "fp32"
+    assert not np.isnan(fp16).any() and fp16.std() > 0.01
     error = np.abs(fp16 - fp32).max()
     assert error <= 2e-2, f"{case}: fp16 differs from fp32 by {error}"
 

@@ -225,6 +225,35 @@ def test_the_timestep_path_is_float32_up_to_the_first_projection(convert):
     assert cast.op_type == "Cast" and loose_types[cast.input[0]] == FLOAT16 and loose_types[sin.input[0]] == FLOAT
 
 
+def test_sdxl_time_ids_path_is_float32_and_the_unet_keeps_its_precision(sdxl_packages):
+    """SDXL's time ids (sizes like 1024) become sin/cos features like the timestep: their path stays float32 up to
+    the added-embedding projection, and the half graph computes what the float32 graph does."""
+    original = onnx.load(str(sdxl_packages["sdxl"] / "unet" / "model.onnx"))
+    converted, _ = convert_to_fp16(original)
+    types = inferred_types(converted)
+    consumers = {}
+    for node in converted.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    path, stack, ends = [], ["time_ids"], []
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            if node.op_type in ("MatMul", "Gemm", "Conv"):
+                ends.append(node)
+            elif node.op_type != "Shape" and node not in path:
+                path.append(node)
+                stack.extend(node.output)
+    assert {"Sin", "Cos", "Concat"} <= {node.op_type for node in path}
+    for node in path:
+        assert all(types[name] in (FLOAT, INT64) for name in node.input if name), node.name
+    assert ends and all(types[end.input[0]] == FLOAT16 for end in ends)
+
+    feeds = package_feeds(original)
+    feeds["time_ids"] = np.tile(np.float32([1024, 1024, 0, 0, 1024, 1024]), (2, 1))
+    reference = session(original).run(None, feeds)[0]
+    assert relative_error(reference, session(converted).run(None, feeds)[0]) <= RTOL
+
+
 def test_resize_reads_float32_scales_and_float16_data(convert):
     _, converted, _ = convert("sd1", "vae_decoder")
     types = inferred_types(converted)
