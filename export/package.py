@@ -52,7 +52,7 @@ class ExportOptions:
     """Replace an existing ``out`` folder."""
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
     loras: tuple[LoraSpec, ...] = ()
-    """LoRA adapters fused into the UNet and text encoder weights before tracing, each with its weight."""
+    """LoRA adapters fused into the UNet and text encoders (both of SDXL's) before tracing, each with its weight."""
     allow_pickle: bool = False
     """Read pickle LoRA files (restricted to tensors); the source's own pickle opt-in is given to load_source."""
 
