@@ -15,7 +15,86 @@ from .base import StableDiffusionPipelineOutput
 from .stable_diffusion import Prompt, StableDiffusionBase, StepCallback, check_strength, tile_to_batch
 
 
-class StableDiffusionInpaintPipeline(StableDiffusionBase):
+class InpaintingMixin:
+    """What the Stable Diffusion and SDXL inpainting pipelines share: image and mask checks and preprocessing (with
+    ``padding_mask_crop``), the UNet channel check, re-imposing the known region for 4-channel UNets, and pasting a
+    cropped result back. Mixed in before the pipeline base class."""
+
+    def __init__(self, package, scheduler=None):
+        super().__init__(package, scheduler)
+        self.mask_processor = VaeImageProcessor.for_masks(self.vae_scale_factor)
+
+    def preprocess_inpainting(
+        self, image: Any, mask_image: Any, height: int, width: int, padding_mask_crop: int | None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int] | None]:
+        """(pixels, mask, crops_coords) at ``height`` x ``width``; with ``padding_mask_crop`` both are the mask's
+        bounding box grown by that many pixels, resized to fill (crops_coords is then that box)."""
+        if padding_mask_crop is not None:
+            crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
+            resize_mode = "fill"
+        else:
+            crops_coords, resize_mode = None, "default"
+        pixels = self.image_processor.preprocess(
+            image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode
+        )
+        mask = self.mask_processor.preprocess(
+            mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords
+        )
+        return pixels, mask, crops_coords
+
+    def check_inpainting_channels(self, in_channels: int, mask: np.ndarray, masked_image_latents: np.ndarray) -> None:
+        lc = self.latent_channels
+        total = lc + mask.shape[1] + masked_image_latents.shape[1]
+        if total != in_channels:
+            raise ConfigError(
+                f"the inpainting UNet takes {in_channels} channels but latents ({lc}), mask ({mask.shape[1]}) and "
+                f"masked_image_latents ({masked_image_latents.shape[1]}) make {total}; accepted: a 1-channel mask "
+                f"and {lc}-channel masked_image_latents."
+            )
+
+    @staticmethod
+    def known_region_blend(scheduler, image_latents: np.ndarray, noise: np.ndarray, timesteps: np.ndarray):
+        """The ``blend`` of a 4-channel UNet's loop: after step ``i`` the unmasked region is the image's latents
+        noised to the next timestep (unnoised after the last step)."""
+
+        def keep_known_region(i: int, latents: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+            known = image_latents
+            if i < len(timesteps) - 1:
+                known = scheduler.add_noise(image_latents, noise, np.asarray([timesteps[i + 1]]))
+            init_mask = state["mask"][: latents.shape[0]]
+            return ((1 - init_mask) * known + init_mask * latents).astype(np.float32)
+
+        return keep_known_region
+
+    def paste_crops(self, output, image: Any, mask_image: Any, crops_coords) -> Any:
+        """With ``padding_mask_crop``, each generated crop pasted back into the full image under the mask."""
+        if crops_coords is not None:
+            output.images = [
+                self.image_processor.apply_overlay(mask_image, image, generated, crops_coords)
+                for generated in output.images
+            ]
+        return output
+
+    def _check_images(self, image: Any, mask_image: Any, padding_mask_crop: int | None, output_type: str) -> None:
+        if image is None or mask_image is None:
+            missing = "image" if image is None else "mask_image"
+            raise ConfigError(f"{missing} is missing; accepted: a PIL image, a float array in [0, 1], or a list.")
+        image_size, mask_size = _pixel_size(image), _pixel_size(mask_image, mask=True)
+        if image_size and mask_size and image_size != mask_size:
+            raise ConfigError(
+                f"mask_image is {mask_size[1]}x{mask_size[0]} pixels but image is {image_size[1]}x{image_size[0]}; "
+                "accepted: a mask of the same size as the image (width x height)."
+            )
+        if padding_mask_crop is not None:
+            if not isinstance(image, PIL.Image.Image) or not isinstance(mask_image, PIL.Image.Image):
+                raise ConfigError(
+                    "padding_mask_crop needs image and mask_image as PIL images; accepted: PIL.Image.Image for both."
+                )
+            if output_type != "pil":
+                raise ConfigError(f"padding_mask_crop needs output_type='pil'; got output_type={output_type!r}.")
+
+
+class StableDiffusionInpaintPipeline(InpaintingMixin, StableDiffusionBase):
     """Repaint the white part of ``mask_image`` in ``image`` as the prompt asks; black is kept.
 
     A 9-channel inpainting UNet sees the mask and the masked image's latents at every step; a 4-channel UNet
@@ -25,10 +104,6 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
     networks = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
     unet_in_channels = (4, 9)
     _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "mask", "masked_image_latents")
-
-    def __init__(self, package, scheduler=None):
-        super().__init__(package, scheduler)
-        self.mask_processor = VaeImageProcessor.for_masks(self.vae_scale_factor)
 
     def __call__(
         self,
@@ -77,14 +152,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         )
         scheduler, generator, total = call.scheduler, call.generator, call.batch
         timesteps, steps = self.strength_timesteps(scheduler, num_inference_steps, strength)
-        if padding_mask_crop is not None:
-            crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
-            resize_mode = "fill"
-        else:
-            crops_coords, resize_mode = None, "default"
-        pixels = self.image_processor.preprocess(
-            image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode
-        )
+        pixels, mask, crops_coords = self.preprocess_inpainting(image, mask_image, height, width, padding_mask_crop)
         in_channels = self.unet_config.get("in_channels", 4)
         keep_known = in_channels == 4  # a plain UNet: the known region is re-imposed after every step
 
@@ -106,9 +174,6 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
             latents = noise * scheduler.init_noise_sigma
         latents = latents.astype(np.float32)
 
-        mask = self.mask_processor.preprocess(
-            mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords
-        )
         if masked_image_latents is None:
             masked = pixels * (mask < 0.5)
             masked_image_latents = masked if masked.shape[1] == lc else self.encode_image(masked, generator)
@@ -117,55 +182,18 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         if self.do_classifier_free_guidance:
             mask = np.concatenate([mask] * 2)
             masked_image_latents = np.concatenate([masked_image_latents] * 2)
-        if in_channels == 9 and lc + mask.shape[1] + masked_image_latents.shape[1] != in_channels:
-            raise ConfigError(
-                f"the inpainting UNet takes {in_channels} channels but latents ({lc}), mask ({mask.shape[1]}) and "
-                f"masked_image_latents ({masked_image_latents.shape[1]}) make "
-                f"{lc + mask.shape[1] + masked_image_latents.shape[1]}; accepted: a 1-channel mask and "
-                f"{lc}-channel masked_image_latents."
-            )
-
-        def keep_known_region(i: int, latents: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-            known = image_latents
-            if i < len(timesteps) - 1:
-                known = scheduler.add_noise(image_latents, noise, np.asarray([timesteps[i + 1]]))
-            init_mask = state["mask"][: latents.shape[0]]
-            return ((1 - init_mask) * known + init_mask * latents).astype(np.float32)
-
+        if in_channels == 9:
+            self.check_inpainting_channels(in_channels, mask, masked_image_latents)
         latents = self.denoise(
             call,
             timesteps,
             steps,
             latents,
             conditioning=("mask", "masked_image_latents") if in_channels == 9 else (),
-            blend=keep_known_region if keep_known else None,
+            blend=self.known_region_blend(scheduler, image_latents, noise, timesteps) if keep_known else None,
             state={"mask": mask, "masked_image_latents": masked_image_latents},
         )
-        output = self.decode_latents(latents, output_type)
-        if padding_mask_crop is not None:
-            output.images = [
-                self.image_processor.apply_overlay(mask_image, image, generated, crops_coords)
-                for generated in output.images
-            ]
-        return output
-
-    def _check_images(self, image: Any, mask_image: Any, padding_mask_crop: int | None, output_type: str) -> None:
-        if image is None or mask_image is None:
-            missing = "image" if image is None else "mask_image"
-            raise ConfigError(f"{missing} is missing; accepted: a PIL image, a float array in [0, 1], or a list.")
-        image_size, mask_size = _pixel_size(image), _pixel_size(mask_image, mask=True)
-        if image_size and mask_size and image_size != mask_size:
-            raise ConfigError(
-                f"mask_image is {mask_size[1]}x{mask_size[0]} pixels but image is {image_size[1]}x{image_size[0]}; "
-                "accepted: a mask of the same size as the image (width x height)."
-            )
-        if padding_mask_crop is not None:
-            if not isinstance(image, PIL.Image.Image) or not isinstance(mask_image, PIL.Image.Image):
-                raise ConfigError(
-                    "padding_mask_crop needs image and mask_image as PIL images; accepted: PIL.Image.Image for both."
-                )
-            if output_type != "pil":
-                raise ConfigError(f"padding_mask_crop needs output_type='pil'; got output_type={output_type!r}.")
+        return self.paste_crops(self.decode_latents(latents, output_type), image, mask_image, crops_coords)
 
 
 def _pixel_size(image: Any, mask: bool = False) -> tuple[int, int] | None:

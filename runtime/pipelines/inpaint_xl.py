@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..image_processor import VaeImageProcessor, interpolate_nearest
+from ..image_processor import interpolate_nearest
 from ..schedulers import randn
 from .base import StableDiffusionPipelineOutput
-from .inpaint import StableDiffusionInpaintPipeline
+from .inpaint import InpaintingMixin
 from .stable_diffusion import Prompt, StepCallback, check_strength, tile_to_batch
 from .stable_diffusion_xl import Size, StableDiffusionXLBase
 
 
-class StableDiffusionXLInpaintPipeline(StableDiffusionXLBase):
+class StableDiffusionXLInpaintPipeline(InpaintingMixin, StableDiffusionXLBase):
     """Repaint the white part of ``mask_image`` in ``image`` as the prompt asks; black is kept.
 
     A 9-channel inpainting UNet sees the mask and the masked image's latents at every step; a 4-channel UNet
@@ -33,12 +33,10 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLBase):
         "mask",
         "masked_image_latents",
     )
-    _check_images = StableDiffusionInpaintPipeline._check_images
 
     def __init__(self, package, scheduler=None):
         super().__init__(package, scheduler)
         self._guidance_scale = 7.5
-        self.mask_processor = VaeImageProcessor.for_masks(self.vae_scale_factor)
 
     def __call__(
         self,
@@ -108,17 +106,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLBase):
         )
         scheduler, generator, total = call.scheduler, call.generator, call.batch
         timesteps, steps = self.start_timesteps(scheduler, num_inference_steps, strength)
-        if padding_mask_crop is not None:
-            crops_coords = self.mask_processor.get_crop_region(mask_image, width, height, pad=padding_mask_crop)
-            resize_mode = "fill"
-        else:
-            crops_coords, resize_mode = None, "default"
-        pixels = self.image_processor.preprocess(
-            image, height=height, width=width, crops_coords=crops_coords, resize_mode=resize_mode
-        )
-        mask = self.mask_processor.preprocess(
-            mask_image, height=height, width=width, resize_mode=resize_mode, crops_coords=crops_coords
-        )
+        pixels, mask, crops_coords = self.preprocess_inpainting(image, mask_image, height, width, padding_mask_crop)
         in_channels = self.unet_config.get("in_channels", 4)
         keep_known = in_channels == 4  # a plain UNet: the known region is re-imposed after every step
         add_noise = self.denoising_start is None
@@ -163,13 +151,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLBase):
                     "image was given as latents, which cannot be masked, and masked_image_latents is missing; "
                     "accepted: image as pixels, or masked_image_latents beside latents."
                 )
-            if lc + mask.shape[1] + masked_image_latents.shape[1] != in_channels:
-                raise ConfigError(
-                    f"the inpainting UNet takes {in_channels} channels but latents ({lc}), mask ({mask.shape[1]}) "
-                    f"and masked_image_latents ({masked_image_latents.shape[1]}) make "
-                    f"{lc + mask.shape[1] + masked_image_latents.shape[1]}; accepted: a 1-channel mask and "
-                    f"{lc}-channel masked_image_latents."
-                )
+            self.check_inpainting_channels(in_channels, mask, masked_image_latents)
 
         size = (latents.shape[2] * f, latents.shape[3] * f)
         original_size, target_size = original_size or size, target_size or size
@@ -186,13 +168,6 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLBase):
         )
         timesteps, steps = self.end_timesteps(scheduler, timesteps)
 
-        def keep_known_region(i: int, latents: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
-            known = image_latents
-            if i < len(timesteps) - 1:
-                known = scheduler.add_noise(image_latents, noise, np.asarray([timesteps[i + 1]]))
-            init_mask = state["mask"][: latents.shape[0]]
-            return ((1 - init_mask) * known + init_mask * latents).astype(np.float32)
-
         state = {"mask": mask}
         if masked_image_latents is not None:
             state["masked_image_latents"] = masked_image_latents
@@ -203,13 +178,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLBase):
             latents,
             add_time_ids,
             conditioning=("mask", "masked_image_latents") if in_channels == 9 else (),
-            blend=keep_known_region if keep_known else None,
+            blend=self.known_region_blend(scheduler, image_latents, noise, timesteps) if keep_known else None,
             state=state,
         )
-        output = self.decode_latents(latents, output_type)
-        if padding_mask_crop is not None:
-            output.images = [
-                self.image_processor.apply_overlay(mask_image, image, generated, crops_coords)
-                for generated in output.images
-            ]
-        return output
+        return self.paste_crops(self.decode_latents(latents, output_type), image, mask_image, crops_coords)
