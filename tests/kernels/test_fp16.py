@@ -81,6 +81,24 @@ def constants(model: onnx.ModelProto) -> set[str]:
     return names | {n.output[0] for n in model.graph.node if n.op_type in ("Constant", "ConstantOfShape")}
 
 
+def forward_path(model: onnx.ModelProto, start: str) -> tuple[list, list]:
+    """(the nodes reachable from input ``start`` through data, not shape reads, up to the first projection; those
+    MatMul / Gemm / Conv projections)."""
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    path, stack, ends = [], [start], []
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            if node.op_type in ("MatMul", "Gemm", "Conv"):
+                ends.append(node)
+            elif node.op_type != "Shape" and node not in path:
+                path.append(node)
+                stack.extend(node.output)
+    return path, ends
+
+
 def small_model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "small", inputs, outputs, list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -200,18 +218,7 @@ def test_weights_become_float16_under_their_names_and_no_constant_is_cast(conver
 def test_the_timestep_path_is_float32_up_to_the_first_projection(convert):
     original, converted, _ = convert("sd1", "unet")
     types = inferred_types(converted)
-    consumers = {}
-    for node in converted.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    path, stack, ends = [], ["timestep"], []
-    while stack:
-        for node in consumers.get(stack.pop(), []):
-            if node.op_type in ("MatMul", "Gemm", "Conv"):
-                ends.append(node)
-            elif node.op_type != "Shape" and node not in path:
-                path.append(node)
-                stack.extend(node.output)
+    path, ends = forward_path(converted, "timestep")
     assert {"Sin", "Cos", "Mul", "Concat"} <= {node.op_type for node in path}
     for node in path:
         assert all(types[name] in (FLOAT, INT64) for name in node.input if name), node.name
@@ -231,18 +238,7 @@ def test_sdxl_time_ids_path_is_float32_and_the_unet_keeps_its_precision(sdxl_pac
     original = onnx.load(str(sdxl_packages["sdxl"] / "unet" / "model.onnx"))
     converted, _ = convert_to_fp16(original)
     types = inferred_types(converted)
-    consumers = {}
-    for node in converted.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    path, stack, ends = [], ["time_ids"], []
-    while stack:
-        for node in consumers.get(stack.pop(), []):
-            if node.op_type in ("MatMul", "Gemm", "Conv"):
-                ends.append(node)
-            elif node.op_type != "Shape" and node not in path:
-                path.append(node)
-                stack.extend(node.output)
+    path, ends = forward_path(converted, "time_ids")
     assert {"Sin", "Cos", "Concat"} <= {node.op_type for node in path}
     for node in path:
         assert all(types[name] in (FLOAT, INT64) for name in node.input if name), node.name
