@@ -25,6 +25,15 @@ _OPEN_CLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "posterior_variance")
 
 
+def one_sentence(message: str) -> bool:
+    """Whether an error message is one sentence (what diffrt promises for user-facing errors)."""
+    return message.endswith(".") and ". " not in message[:-1]
+
+
+def shapes_of(state_dict: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
 def _resnet(rest: str) -> str:
     module, _, param = rest.rpartition(".")
     return f"{_RESNET[module]}.{param}"

@@ -10,6 +10,7 @@ from functools import cache
 import ldm_layout
 import pytest
 import torch
+from ldm_layout import one_sentence, shapes_of
 from safetensors.torch import load_file
 
 from diffrt.export import single_file as sf
@@ -22,10 +23,6 @@ FIXTURES = {  # fixture name -> (text layout, pipeline class, family)
 }
 TEXT_LAYOUT = {"sd1": "clip", "sd2": "open_clip", "sd1-inpaint": "clip", "sd2-inpaint": "open_clip"}
 SD_FAMILIES = tuple(TEXT_LAYOUT)  # SDXL families: tests/export/test_single_file_sdxl.py
-
-
-def one_sentence(message: str) -> bool:
-    return message.endswith(".") and ". " not in message[:-1]
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +57,6 @@ def real_size(family: str):
         weights["unet"], weights["vae"], weights["text_encoder"], configs["unet"], configs["vae"], TEXT_LAYOUT[family]
     )
     return models, ldm
-
-
-def shapes_of(state_dict: dict) -> dict:
-    return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 # --- conversion of tiny checkpoints: exact weights --------------------------------------------------------------------

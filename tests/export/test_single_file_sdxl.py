@@ -12,6 +12,7 @@ from pathlib import Path
 import ldm_layout
 import pytest
 import torch
+from ldm_layout import one_sentence, shapes_of
 from safetensors.torch import load_file
 
 from diffrt.export import single_file as sf
@@ -26,10 +27,6 @@ KINDS = {  # fixture name -> (diffusers pipeline class, detected family, diffuse
 BIG_G_BASE, BIG_G_REFINER = "conditioner.embedders.1.model.", "conditioner.embedders.0.model."
 
 
-def one_sentence(message: str) -> bool:
-    return message.endswith(".") and ". " not in message[:-1]
-
-
 @pytest.fixture(scope="module")
 def sgm_files(sdxl_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("sgm_files")
@@ -39,10 +36,6 @@ def sgm_files(sdxl_models, tmp_path_factory):
 @pytest.fixture()
 def tiny_base(sgm_files):
     return load_file(sgm_files["sdxl"])
-
-
-def shapes_of(state_dict: dict) -> dict:
-    return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 def assert_same_weights(got: dict, expected: dict, component: str) -> None:
