@@ -10,8 +10,7 @@ import argparse
 import sys
 import time
 
-from ..runtime.cli import parse_size
-from ..runtime.progress import human_bytes
+from ..units import human_bytes, parse_size
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,17 +8,10 @@ also take ``--prompt-2`` / ``--negative-prompt-2`` for their second text encoder
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512x768"`` -> (512, 768): height then width, in pixels."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write HEIGHTxWIDTH, e.g. 512x512")
-    return int(match.group(1)), int(match.group(2))
+from ..units import parse_size
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackendUnavailable, ConfigError, DiffrtError, PackageError
-from .progress import human_bytes
+from ..units import human_bytes
 
 
 def parse_range(text: str) -> tuple[int, int, int]:

@@ -2,31 +2,40 @@
 
 One :class:`EnginePackage` is shared by every pipeline made from it (``from_pipe`` hands it on), so each engine is
 created once, on first use, and reused. Packages written by ``diffrt export`` and by Optimum's ONNX exporter have
-the same layout (see DESIGN.md) and both load here.
+the same layout (:mod:`diffrt.runtime.schema`; the README's "The engine package") and both load here. Configs are read
+once, when the package is opened, into typed objects (:class:`~diffrt.runtime.schema.PackageConfigs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from .engines import Engine, SessionSettings, load_engine
-from .errors import ConfigError, PackageError
-from .networks import vae_scale_factor
+from .errors import PackageError
 from .schedulers import Scheduler, scheduler_from_config
+from .schema import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    MODEL_FILE,
+    NETWORKS,
+    PROVENANCE_NAME,
+    SCHEDULER_CONFIG,
+    TOKENIZER_FOLDERS,
+    PackageConfigs,
+    PipelineIndex,
+    TextEncoderConfig,
+    UNetConfig,
+    VaeConfig,
+    read_json,
+)
 from .tokenizer import CLIPTokenizer
 
-INDEX_NAME = "model_index.json"
-PROVENANCE_NAME = "diffrt.json"
-NETWORKS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder", "depth_estimator")
 FP32_NETWORKS = ("depth_estimator",)  # computed in fp32 under precision="auto" (see settings_for)
 VAE_NETWORKS = ("vae_encoder", "vae_decoder")  # fp32 under precision="auto" when force_upcast applies
-UPCAST_PIPELINE_PREFIX = "StableDiffusionXL"  # the pipelines whose diffusers form honours the VAE's force_upcast
-TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
 
 
 class EnginePackage:
@@ -42,9 +51,9 @@ class EnginePackage:
                 f"engine package {str(self.path)!r} {what}; accepted: a folder written by `diffrt export` "
                 "(or by Optimum's ONNX exporter) holding model_index.json and one folder per network."
             )
-        self.index = _read_json(self.path / INDEX_NAME)
+        self.configs = PackageConfigs.read(self.path)
         provenance = self.path / PROVENANCE_NAME
-        self.provenance: dict[str, Any] = _read_json(provenance) if provenance.is_file() else {}
+        self.provenance: dict[str, Any] = read_json(provenance) if provenance.is_file() else {}
         self.provider = provider
         self.session_settings = session_settings or SessionSettings()
         self._engines: dict[str, Engine] = {}
@@ -53,18 +62,34 @@ class EnginePackage:
 
     # ----- what the package holds -------------------------------------------------------------------------------
     @property
+    def index(self) -> PipelineIndex:
+        """``model_index.json``."""
+        return self.configs.index
+
+    @property
     def pipeline_class(self) -> str:
         """The diffusers pipeline class the package was exported from (Optimum's ``ORT`` prefix dropped)."""
-        name = str(self.index.get("_class_name", ""))
-        return name[3:] if name.startswith("ORT") else name
+        return self.configs.index.pipeline_class
+
+    @property
+    def unet_config(self) -> UNetConfig:
+        return self.configs.unet
+
+    @property
+    def vae_config(self) -> VaeConfig:
+        """The VAE's config (vae_decoder's, else vae_encoder's: the same file)."""
+        return self.configs.vae
+
+    def text_encoder_config(self, name: str = "text_encoder") -> TextEncoderConfig:
+        return self.configs.text_encoder_2 if name == "text_encoder_2" else self.configs.text_encoder
 
     def has(self, network: str) -> bool:
-        return (self.path / network / "model.onnx").is_file()
+        return (self.path / network / MODEL_FILE).is_file()
 
     def config(self, component: str) -> dict[str, Any]:
         """``<component>/config.json`` as a dict; empty when the package has none."""
-        path = self.path / component / "config.json"
-        return _read_json(path) if path.is_file() else {}
+        path = self.path / component / CONFIG_NAME
+        return read_json(path) if path.is_file() else {}
 
     def require(self, networks: tuple[str, ...], pipeline: str) -> None:
         """Refuse early, naming every network ``pipeline`` needs that the package lacks."""
@@ -78,23 +103,14 @@ class EnginePackage:
             )
 
     @property
-    def vae_config(self) -> dict[str, Any]:
-        return self.config("vae_decoder") or self.config("vae_encoder")
-
-    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell, from the VAE config the package carries (never assumed to be 8)."""
-        config = self.vae_config
-        return vae_scale_factor(config) if config else 8
+        return self.vae_config.scale_factor
 
     @property
     def vae_force_upcast(self) -> bool:
         """Whether the VAE must run in fp32: an SDXL package whose VAE config sets ``force_upcast``."""
-        return self.pipeline_class.startswith(UPCAST_PIPELINE_PREFIX) and bool(self.vae_config.get("force_upcast"))
-
-    @property
-    def vae_scaling_factor(self) -> float:
-        return float(self.vae_config.get("scaling_factor", 0.18215))
+        return self.index.is_sdxl and self.vae_config.force_upcast
 
     # ----- runtime objects --------------------------------------------------------------------------------------
     def engine(self, network: str) -> Engine:
@@ -148,20 +164,10 @@ class EnginePackage:
             return self._tokenizers[name]
 
     def scheduler(self) -> Scheduler:
-        path = self.path / "scheduler" / "scheduler_config.json"
+        path = self.path.joinpath(*SCHEDULER_CONFIG)
         if not path.is_file():
-            raise PackageError(f"engine package {str(self.path)!r} has no scheduler/scheduler_config.json.")
+            raise PackageError(f"engine package {str(self.path)!r} has no {'/'.join(SCHEDULER_CONFIG)}.")
         return scheduler_from_config(path)
 
     def __repr__(self) -> str:
         return f"EnginePackage({str(self.path)!r}, {self.pipeline_class}, provider={self.provider!r})"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{str(path)!r} is not readable JSON ({exc}); re-export the package.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{str(path)!r} holds {type(data).__name__}; accepted: a JSON object.")
-    return data

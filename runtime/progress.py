@@ -48,12 +48,3 @@ class ProgressBar:
             return
         self.file.write(("\r" if self._live else "") + self.line() + end)
         self.file.flush()
-
-
-def human_bytes(n: float) -> str:
-    """A byte count for people: ``512 B``, ``10.5 MB``, ``3.2 GB`` (powers of 1024)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"

@@ -1,12 +1,12 @@
-"""What every pipeline shares: loading from an engine package, ``from_pipe``, outputs and the progress bar."""
+"""What every pipeline shares: loading from an engine package, ``from_pipe``, ``__call__`` made from the class's
+arguments, outputs and the progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import numpy as np
 
 from ..engines import Engine, SessionSettings
 from ..errors import ConfigError
@@ -14,6 +14,7 @@ from ..package import EnginePackage
 from ..progress import ProgressBar
 from ..schedulers import Scheduler
 from ..timing import StageHook, Timed
+from .arguments import CallArguments, call_taking
 
 
 @dataclass
@@ -30,7 +31,12 @@ class StableDiffusionPipelineOutput(ImagePipelineOutput):
 
 
 class DiffusionPipeline(Timed):
-    """Base of the runtime pipelines. Subclasses name the networks they run in ``networks``.
+    """Base of the runtime pipelines. Subclasses name the networks they run in ``networks``, their call's argument
+    class in ``arguments`` and do the work in ``generate(args)``; ``pipe(...)`` takes diffusers' arguments, binds
+    them into one checked ``arguments`` object and calls ``generate`` with it.
+
+    The object holds only what every call shares (package, engines, default scheduler, hooks), so one pipeline
+    serves concurrent calls from several threads; each call's state lives in the call.
 
     ``stage_hooks`` holds callables that receive a :class:`~diffrt.runtime.timing.StageEvent` after each stage of a
     call (text encoder, each UNet run, each scheduler step, VAE); see :mod:`diffrt.runtime.timing`.
@@ -38,6 +44,20 @@ class DiffusionPipeline(Timed):
 
     networks: ClassVar[tuple[str, ...]] = ()
     optional_networks: ClassVar[tuple[str, ...]] = ()
+    arguments: ClassVar[type[CallArguments]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "arguments" in cls.__dict__:  # each class that declares its arguments gets its own signature
+            cls.__call__ = call_taking(cls.arguments, cls)
+
+    def generate(self, args: CallArguments) -> Any:
+        """Run one call on its checked arguments."""
+        raise NotImplementedError
+
+    def running(self) -> contextlib.AbstractContextManager:
+        """The extent of one call (pipelines whose callbacks read per-call settings track it per thread)."""
+        return contextlib.nullcontext()
 
     def __init__(self, package: EnginePackage, scheduler: Scheduler | None = None):
         package.require(self.networks, type(self).__name__)
@@ -90,14 +110,3 @@ class DiffusionPipeline(Timed):
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
         return f"{type(self).__name__}({str(self.package.path)!r}, {parts})"
-
-
-def check_output_type(output_type: str) -> None:
-    if output_type not in ("pil", "np", "latent"):
-        raise ConfigError(f"output_type={output_type!r} is not supported; accepted: 'pil', 'np', 'latent'.")
-
-
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name}={value!r} is not supported; accepted: an integer >= {minimum}.")
-    return int(value)

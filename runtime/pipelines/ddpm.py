@@ -8,7 +8,8 @@ import numpy as np
 
 from ..image_processor import VaeImageProcessor
 from ..schedulers import as_generator, randn
-from .base import DiffusionPipeline, ImagePipelineOutput, check_int, check_output_type
+from .arguments import UnconditionalArguments
+from .base import DiffusionPipeline, ImagePipelineOutput
 from .stable_diffusion import timestep_feed
 
 
@@ -16,34 +17,26 @@ class DDPMPipeline(DiffusionPipeline):
     """``DDPMPipeline.from_pretrained(package)(batch_size=4, generator=0).images``."""
 
     networks = ("unet",)
+    arguments = UnconditionalArguments
 
     def __init__(self, package, scheduler=None):
         super().__init__(package, scheduler)
-        self.unet_config = package.config("unet")
+        self.unet_config = package.unet_config
 
-    def __call__(
-        self,
-        batch_size: int = 1,
-        generator: np.random.Generator | int | None = None,
-        num_inference_steps: int = 1000,
-        output_type: str = "pil",
-    ) -> ImagePipelineOutput:
-        check_int("batch_size", batch_size)
-        check_output_type(output_type)
-        generator = as_generator(generator)
-        size = self.unet_config.get("sample_size", 32)
-        h, w = (size, size) if isinstance(size, int) else size
-        image = randn((batch_size, self.unet_config.get("in_channels", 3), h, w), generator)
+    def generate(self, args: UnconditionalArguments) -> ImagePipelineOutput:
+        generator = as_generator(args.generator)
+        h, w = self.unet_config.sample_hw or (32, 32)
+        image = randn((args.batch_size, self.unet_config.in_channels, h, w), generator)
         scheduler = copy.deepcopy(self.scheduler)  # per-call state: concurrent calls stay independent
-        scheduler.set_timesteps(check_int("num_inference_steps", num_inference_steps))
+        scheduler.set_timesteps(args.num_inference_steps)
         with self.progress_bar(total=len(scheduler.timesteps)) as bar:
             for i, t in enumerate(scheduler.timesteps):
-                feeds = {"sample": image, "timestep": timestep_feed(self.unet, t, batch_size)}
+                feeds = {"sample": image, "timestep": timestep_feed(self.unet, t, args.batch_size)}
                 with self.timed("unet", step=i):
                     model_output = self.unet.run(feeds, ["out_sample"])["out_sample"]
                 with self.timed("scheduler", step=i):
                     image = scheduler.step(model_output, t, image, generator=generator).prev_sample.astype(np.float32)
                 bar.update()
-        if output_type == "latent":
+        if args.output_type == "latent":
             return ImagePipelineOutput(images=image)
-        return ImagePipelineOutput(images=VaeImageProcessor(vae_scale_factor=1).postprocess(image, output_type))
+        return ImagePipelineOutput(images=VaeImageProcessor(vae_scale_factor=1).postprocess(image, args.output_type))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,9 +10,10 @@ import PIL.Image
 from ..dpt_processor import DPTImageProcessor
 from ..errors import ConfigError
 from ..image_processor import interpolate_bicubic
-from .base import StableDiffusionPipelineOutput
+from .arguments import Depth2ImageArguments
+from .call import Call, DenoisingTensors
 from .img2img import StableDiffusionImg2ImgPipeline
-from .stable_diffusion import Prompt, StepCallback, tile_to_batch
+from .stable_diffusion import tile_to_batch
 
 
 class StableDiffusionDepth2ImgPipeline(StableDiffusionImg2ImgPipeline):
@@ -23,6 +23,8 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionImg2ImgPipeline):
     networks = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
     optional_networks = ("depth_estimator",)
     unet_in_channels = (5,)
+    _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
+    arguments = Depth2ImageArguments
 
     def __init__(self, package, scheduler=None):
         super().__init__(package, scheduler)
@@ -30,55 +32,14 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionImg2ImgPipeline):
         self.feature_extractor = DPTImageProcessor.from_pretrained(folder) if self.depth_estimator else None
 
     @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1  # diffusers' depth pipeline ignores time_cond_proj_dim
+    def guidance_embedding(self) -> bool:
+        return False  # diffusers' depth pipeline ignores time_cond_proj_dim: it always runs guidance above 1
 
-    def __call__(
-        self,
-        prompt: Prompt = None,
-        image: Any = None,
-        depth_map: np.ndarray | None = None,
-        strength: float = 0.8,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        negative_prompt: Prompt = None,
-        num_images_per_prompt: int = 1,
-        eta: float = 0.0,
-        generator: np.random.Generator | int | None = None,
-        prompt_embeds: np.ndarray | None = None,
-        negative_prompt_embeds: np.ndarray | None = None,
-        output_type: str = "pil",
-        guidance_rescale: float = 0.0,
-        clip_skip: int | None = None,
-        callback_on_step_end: StepCallback | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-    ) -> StableDiffusionPipelineOutput:
-        """``depth_map``: (B, H, W) relative depth, any resolution; omitted, the package's DPT estimates it."""
-        if image is None:
-            raise ConfigError("image is missing; accepted: a PIL image, a float array in [0, 1], or a list of them.")
-        call = self.start_call(
-            prompt,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            num_images_per_prompt,
-            guidance_scale,
-            guidance_rescale,
-            clip_skip,
-            output_type,
-            generator,
-            eta,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-        depth = self.prepare_depth_map(image, depth_map, call.batch)
-        pixels = self.image_processor.preprocess(image)
-        timesteps, steps = self.strength_timesteps(call.scheduler, num_inference_steps, strength)
-        latents = self.noised_image_latents(call, pixels, timesteps[0])
-        latents = self.denoise(
-            call, timesteps, steps, latents, conditioning=("depth_mask",), state={"depth_mask": depth}
-        )
-        return self.decode_latents(latents, output_type)
+    def conditioning(self, call: Call, args: Depth2ImageArguments) -> dict[str, np.ndarray]:
+        return {"depth_mask": call.doubled(self.prepare_depth_map(args.image, args.depth_map, call.batch))}
+
+    def unet_channels(self, tensors: DenoisingTensors) -> list[np.ndarray]:
+        return [tensors.depth_mask]
 
     def prepare_depth_map(self, image: Any, depth_map: np.ndarray | None, batch: int) -> np.ndarray:
         """The UNet's depth channel: depth at latent resolution (bicubic), scaled to [-1, 1] per image."""
@@ -111,4 +72,4 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionImg2ImgPipeline):
         depth = (2.0 * (depth - lo) / (hi - lo) - 1.0).astype(np.float32)
         if depth.shape[0] < batch:
             depth = tile_to_batch("depth_map", depth, batch)
-        return np.concatenate([depth] * 2) if self.do_classifier_free_guidance else depth
+        return depth

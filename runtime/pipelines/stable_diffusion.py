@@ -4,6 +4,10 @@ Each step mirrors diffusers 0.42 so that, given the same weights and the same no
 rounding. Randomness comes from one ``numpy.random.Generator`` per call; draws happen in diffusers' order (VAE
 posterior sample, then the initial or ``add_noise`` noise, then any ancestral scheduler steps), each of the whole
 tensor at once, as diffusers' ``randn_tensor`` draws with a single generator.
+
+A pipeline object is shared by every thread that calls it: it holds the package, engines, default scheduler and
+hooks. Everything a call sets lives in that call's :class:`~.call.Call` (see :mod:`.call`), made once from its
+checked arguments (:mod:`.arguments`) by :meth:`StableDiffusionBase.start` and handed down.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ import copy
 import inspect
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,24 +23,9 @@ import numpy as np
 from ..errors import ConfigError
 from ..image_processor import VaeImageProcessor
 from ..schedulers import Scheduler, as_generator, randn
-from .base import DiffusionPipeline, StableDiffusionPipelineOutput, check_int, check_output_type
-
-Prompt = str | Sequence[str] | None
-StepCallback = Callable[[Any, int, Any, dict[str, np.ndarray]], dict[str, np.ndarray] | None]
-
-
-@dataclass
-class PromptCall:
-    """One call's working set: its own scheduler copy, its noise stream, the encoded prompts, its callback."""
-
-    scheduler: Scheduler
-    generator: np.random.Generator
-    prompt_embeds: np.ndarray  # (batch, tokens, hidden), each prompt's copies adjacent
-    negative_prompt_embeds: np.ndarray | None  # same shape; None without guidance
-    batch: int  # images made: prompts x num_images_per_prompt
-    eta: float
-    callback: StepCallback | None
-    callback_inputs: tuple[str, ...]
+from .arguments import Prompt, PromptArguments, check_int
+from .base import DiffusionPipeline, StableDiffusionPipelineOutput
+from .call import Call, CallScope, CallState, DenoisingTensors
 
 
 class StableDiffusionBase(DiffusionPipeline):
@@ -48,26 +35,30 @@ class StableDiffusionBase(DiffusionPipeline):
     unet_in_channels: ClassVar[tuple[int, ...]] = (4,)
     """UNet input widths this pipeline can drive (latents plus any conditioning channels)."""
     _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents", "prompt_embeds", "negative_prompt_embeds")
+    default_guidance_scale: ClassVar[float] = 7.5
 
     def __init__(self, package, scheduler: Scheduler | None = None):
-        self.unet_config = package.config("unet")
+        self.unet_config = package.unet_config
         self.check_unet(package)
         super().__init__(package, scheduler)
         self.load_text_side(package)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        self._guidance_scale, self._guidance_rescale, self._clip_skip = 7.5, 0.0, None
-        self._num_timesteps, self._interrupt = 0, False
+        idle = CallState(self.default_guidance_scale, guidance_embedding=self.guidance_embedding)
+        self._calls = CallScope(idle)
+
+    def running(self):
+        return self._calls.running()
 
     def check_unet(self, package) -> None:
         """Refuse, before any engine is created, a package whose UNet this pipeline cannot drive."""
-        in_channels = self.unet_config.get("in_channels", 4)
+        in_channels = self.unet_config.in_channels
         if self.unet_config and in_channels not in self.unet_in_channels:
             raise ConfigError(
                 f"the package's UNet takes {in_channels} input channels ({_unet_kind(in_channels)}), but "
                 f"{type(self).__name__} drives a UNet of {' or '.join(map(str, self.unet_in_channels))}; use "
                 f"{_pipeline_for(in_channels)} for this package."
             )
-        if self.unet_config.get("addition_embed_type") == "text_time":
+        if self.unet_config.is_sdxl:
             raise ConfigError(
                 f"the package's UNet is an SDXL UNet (addition_embed_type='text_time', exported from "
                 f"{package.pipeline_class or 'an SDXL pipeline'}), which {type(self).__name__} cannot drive; use "
@@ -77,94 +68,182 @@ class StableDiffusionBase(DiffusionPipeline):
     def load_text_side(self, package) -> None:
         """The tokenizer(s) and text encoder config(s) prompt encoding reads; SDXL pipelines load two."""
         self.tokenizer = package.tokenizer()
-        self.text_encoder_config = package.config("text_encoder")
+        self.text_encoder_config = package.text_encoder_config("text_encoder")
 
-    # ----- the properties diffusers' callbacks read -------------------------------------------------------------
+    # ----- what callbacks read: the running call's settings, per thread (diffusers' names) ----------------------
     @property
     def guidance_scale(self) -> float:
-        return self._guidance_scale
+        return self._calls.state.guidance_scale
+
+    @property
+    def _guidance_scale(self) -> float:
+        return self._calls.state.guidance_scale
+
+    @_guidance_scale.setter
+    def _guidance_scale(self, value: float) -> None:
+        """Callbacks set it (diffusers' dynamic guidance recipe: 0 stops guidance from the next step on)."""
+        self._calls.state.guidance_scale = float(value)
 
     @property
     def guidance_rescale(self) -> float:
-        return self._guidance_rescale
+        return self._calls.state.guidance_rescale
 
     @property
     def clip_skip(self) -> int | None:
-        return self._clip_skip
+        return self._calls.state.clip_skip
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        """Guidance runs only above 1, and not for UNets that take the guidance scale as input (LCM)."""
-        return self._guidance_scale > 1 and not self.unet_config.get("time_cond_proj_dim")
+        return self._calls.state.do_classifier_free_guidance
 
     @property
     def num_timesteps(self) -> int:
-        return self._num_timesteps
+        return self._calls.state.num_timesteps
 
     @property
     def interrupt(self) -> bool:
-        return self._interrupt
+        return self._calls.state.interrupt
 
     @property
+    def _interrupt(self) -> bool:
+        return self._calls.state.interrupt
+
+    @_interrupt.setter
+    def _interrupt(self, value: bool) -> None:
+        """Callbacks set it to stop the running call: its remaining steps are skipped."""
+        self._calls.state.interrupt = bool(value)
+
+    @property
+    def guidance_embedding(self) -> bool:
+        """Whether the UNet takes the guidance scale as an input (LCM-distilled) instead of running guidance."""
+        return self.unet_config.takes_guidance_embedding
+
+    # ----- sizes ------------------------------------------------------------------------------------------------
+    @property
     def latent_channels(self) -> int:
-        return int(self.package.vae_config.get("latent_channels", 4))
+        """Channels of the VAE's latents: what images encode to and the decoder takes."""
+        return self.package.vae_config.latent_channels
 
     def default_size(self) -> tuple[int, int]:
         """(height, width) in pixels the UNet was trained at: its ``sample_size`` times the VAE scale factor."""
-        size = self.unet_config.get("sample_size", 64)
-        h, w = (size, size) if isinstance(size, int) else size
+        h, w = self.unet_config.sample_hw or (64, 64)
         return h * self.vae_scale_factor, w * self.vae_scale_factor
 
-    # ----- prompts ----------------------------------------------------------------------------------------------
-    def check_prompts(
-        self,
-        prompt: Prompt,
-        negative_prompt: Prompt,
-        prompt_embeds: np.ndarray | None,
-        negative_prompt_embeds: np.ndarray | None,
-    ) -> int:
+    def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        default_h, default_w = self.default_size()
+        height, width = height or default_h, width or default_w
+        f = self.vae_scale_factor
+        for name, value in (("height", height), ("width", width)):
+            check_int(name, value)
+            if value % f:
+                raise ConfigError(
+                    f"{name}={value} is not a multiple of {f}, the VAE scale factor of this package; accepted: "
+                    f"{value // f * f} or {value // f * f + f}."
+                )
+        return int(height), int(width)
+
+    def latent_shape(self, call: Call, height: int, width: int, channels: int | None = None) -> tuple[int, ...]:
+        """(batch, channels, h, w) of the call's latents at ``height`` x ``width`` pixels."""
+        f = self.vae_scale_factor
+        return (call.batch, channels or self.latent_channels, height // f, width // f)
+
+    # ----- starting a call --------------------------------------------------------------------------------------
+    def start(self, args: PromptArguments) -> Call:
+        """Check what the arguments object could not check alone (against this package), encode the prompts, and
+        give the call its own scheduler copy and noise stream; this thread's callbacks now read its settings."""
+        prompts = self.check_prompts(args)
+        unknown = [k for k in args.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ConfigError(
+                f"callback_on_step_end_tensor_inputs has {unknown}; accepted: {list(self._callback_tensor_inputs)}."
+            )
+        state = CallState(
+            guidance_scale=args.guidance_scale,
+            guidance_rescale=args.guidance_rescale,
+            clip_skip=args.clip_skip,
+            guidance_embedding=self.guidance_embedding,
+            denoising_start=getattr(args, "denoising_start", None),
+            denoising_end=getattr(args, "denoising_end", None),
+        )
+        self._calls.use(state)
+        call = Call(
+            args=args,
+            state=state,
+            scheduler=copy.deepcopy(self.scheduler),
+            generator=as_generator(args.generator),
+            batch=prompts * args.num_images_per_prompt,
+            prompt_embeds=np.empty(0, np.float32),
+        )
+        self.encode_call_prompts(call)
+        call.timestep_cond = self.timestep_cond(call)
+        return call
+
+    def check_prompts(self, args: PromptArguments) -> int:
         """Validate the prompt arguments as diffusers does; return the number of prompts."""
-        if prompt is not None and prompt_embeds is not None:
+        prompt, negative_prompt = args.prompt, args.negative_prompt
+        if prompt is not None and args.prompt_embeds is not None:
             raise ConfigError("prompt and prompt_embeds were both given; accepted: one of the two.")
-        if prompt is None and prompt_embeds is None:
+        if prompt is None and args.prompt_embeds is None:
             raise ConfigError("prompt is missing; accepted: a string, a non-empty list of strings, or prompt_embeds.")
         if prompt is not None:
-            batch = len(_prompt_list("prompt", prompt))
+            batch = len(prompt_list("prompt", prompt))
         else:
-            prompt_embeds = self._check_embeds("prompt_embeds", prompt_embeds)
-            batch = prompt_embeds.shape[0]
-        if negative_prompt is not None and negative_prompt_embeds is not None:
+            args.prompt_embeds = self._check_embeds("prompt_embeds", args.prompt_embeds)
+            batch = args.prompt_embeds.shape[0]
+        if negative_prompt is not None and args.negative_prompt_embeds is not None:
             raise ConfigError("negative_prompt and negative_prompt_embeds were both given; accepted: one of the two.")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
-            count = len(_prompt_list("negative_prompt", negative_prompt))
+            count = len(prompt_list("negative_prompt", negative_prompt))
             if count != batch:
                 raise ConfigError(
                     f"negative_prompt has {count} prompts but prompt has {batch}; accepted: one string, or a list "
                     f"of {batch} strings (one per prompt)."
                 )
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = self._check_embeds("negative_prompt_embeds", negative_prompt_embeds)
-            if prompt_embeds is not None and negative_prompt_embeds.shape != np.shape(prompt_embeds):
+        if args.negative_prompt_embeds is not None:
+            args.negative_prompt_embeds = self._check_embeds("negative_prompt_embeds", args.negative_prompt_embeds)
+            if args.prompt_embeds is not None and args.negative_prompt_embeds.shape != args.prompt_embeds.shape:
                 raise ConfigError(
-                    f"negative_prompt_embeds has shape {negative_prompt_embeds.shape} but prompt_embeds has "
-                    f"{np.shape(prompt_embeds)}; accepted: the same shape."
+                    f"negative_prompt_embeds has shape {args.negative_prompt_embeds.shape} but prompt_embeds has "
+                    f"{args.prompt_embeds.shape}; accepted: the same shape."
                 )
         return batch
 
     def _check_embeds(self, name: str, embeds: Any) -> np.ndarray:
         embeds = np.asarray(embeds, dtype=np.float32)
-        width = self.unet_config.get("cross_attention_dim")
+        width = self.unet_config.cross_attention_dim
         if embeds.ndim != 3 or (width and embeds.shape[-1] != width):
             raise ConfigError(
                 f"{name} has shape {embeds.shape}; accepted: (batch, tokens, {width or 'hidden'}) float array."
             )
         return embeds
 
+    def encode_call_prompts(self, call: Call) -> None:
+        args = call.args
+        call.prompt_embeds, call.negative_prompt_embeds = self.encode_prompt(
+            args.prompt,
+            args.num_images_per_prompt,
+            call.state.do_classifier_free_guidance,
+            negative_prompt=args.negative_prompt,
+            prompt_embeds=args.prompt_embeds,
+            negative_prompt_embeds=args.negative_prompt_embeds,
+            clip_skip=args.clip_skip,
+        )
+
+    def timestep_cond(self, call: Call) -> np.ndarray | None:
+        """Guidance-scale embedding for UNets that take it (``time_cond_proj_dim``, e.g. LCM-distilled ones)."""
+        dim = self.unet_config.time_cond_proj_dim
+        if not dim:
+            return None
+        w = np.full(call.prompt_embeds.shape[0], call.state.guidance_scale - 1.0, dtype=np.float32)
+        return guidance_scale_embedding(w, dim)
+
+    # ----- prompts ----------------------------------------------------------------------------------------------
     def encode_prompt(
         self,
         prompt: Prompt,
         num_images_per_prompt: int = 1,
         do_classifier_free_guidance: bool = True,
+        *,
         negative_prompt: Prompt = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
@@ -176,20 +255,14 @@ class StableDiffusionBase(DiffusionPipeline):
         the negative prompt is always encoded from the last layer (diffusers' behaviour).
         """
         if prompt_embeds is None:
-            prompts = _prompt_list("prompt", prompt)
-            prompt_embeds = self._encode_text(prompts, clip_skip)
+            prompt_embeds = self._encode_text(prompt_list("prompt", prompt), clip_skip)
         prompt_embeds = np.asarray(prompt_embeds, dtype=np.float32)
         batch = prompt_embeds.shape[0]
         prompt_embeds = np.repeat(prompt_embeds, num_images_per_prompt, axis=0)
         if not do_classifier_free_guidance:
             return prompt_embeds, None
         if negative_prompt_embeds is None:
-            if negative_prompt is None:
-                negatives = [""] * batch
-            elif isinstance(negative_prompt, str):  # one negative prompt serves every prompt
-                negatives = [negative_prompt] * batch
-            else:
-                negatives = _prompt_list("negative_prompt", negative_prompt)
+            negatives = negative_prompts("negative_prompt", negative_prompt or "", batch)
             negative_prompt_embeds = self._encode_text(negatives, None, max_length=prompt_embeds.shape[1])
         negative_prompt_embeds = np.asarray(negative_prompt_embeds, dtype=np.float32)
         return prompt_embeds, np.repeat(negative_prompt_embeds, num_images_per_prompt, axis=0)
@@ -199,7 +272,7 @@ class StableDiffusionBase(DiffusionPipeline):
         if clip_skip is None:
             output = "last_hidden_state"
         else:
-            layers = int(self.text_encoder_config.get("num_hidden_layers", 0))
+            layers = int(self.text_encoder_config.num_hidden_layers or 0)
             valid = isinstance(clip_skip, (int, np.integer)) and not isinstance(clip_skip, bool) and clip_skip >= 1
             if not valid or (layers and clip_skip >= layers):
                 accepted = f"None or an integer from 1 to {layers - 1}" if layers else "None or an integer >= 1"
@@ -216,175 +289,82 @@ class StableDiffusionBase(DiffusionPipeline):
             return self.text_encoder.run({"input_ids": ids}, [output])[output]
 
     # ----- the denoising loop -----------------------------------------------------------------------------------
-    def start_call(
-        self,
-        prompt: Prompt,
-        negative_prompt: Prompt,
-        prompt_embeds: np.ndarray | None,
-        negative_prompt_embeds: np.ndarray | None,
-        num_images_per_prompt: int,
-        guidance_scale: float,
-        guidance_rescale: float,
-        clip_skip: int | None,
-        output_type: str,
-        generator: np.random.Generator | int | None,
-        eta: float,
-        callback_on_step_end: StepCallback | None,
-        callback_on_step_end_tensor_inputs: Sequence[str],
-    ) -> PromptCall:
-        """Check the arguments every text-conditioned call shares, record the settings callbacks read, encode the
-        prompts, and give the call its own copy of the scheduler.
-
-        The copy keeps concurrent calls on one pipeline independent: a scheduler holds per-run state.
-        """
-        prompts = self.check_call(
-            prompt,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            num_images_per_prompt,
-            guidance_scale,
-            guidance_rescale,
-            clip_skip,
-            output_type,
-            callback_on_step_end_tensor_inputs,
+    def denoising_tensors(self, call: Call, latents: np.ndarray, **conditioning: np.ndarray) -> DenoisingTensors:
+        """The loop's tensors for ``latents``: the call's prompt embeddings as the UNet sees them, and any
+        ``conditioning`` (already doubled for guidance) by its callback name."""
+        return DenoisingTensors(
+            latents=latents,
+            prompt_embeds=call.guided(call.prompt_embeds, call.negative_prompt_embeds),
+            negative_prompt_embeds=call.negative_prompt_embeds,
+            **conditioning,
         )
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt,
-            self.do_classifier_free_guidance,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            clip_skip,
-        )
-        return PromptCall(
-            scheduler=copy.deepcopy(self.scheduler),
-            generator=as_generator(generator),
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            batch=prompts * num_images_per_prompt,
-            eta=eta,
-            callback=callback_on_step_end,
-            callback_inputs=tuple(callback_on_step_end_tensor_inputs),
-        )
-
-    def check_call(
-        self,
-        prompt: Prompt,
-        negative_prompt: Prompt,
-        prompt_embeds: np.ndarray | None,
-        negative_prompt_embeds: np.ndarray | None,
-        num_images_per_prompt: int,
-        guidance_scale: float,
-        guidance_rescale: float,
-        clip_skip: int | None,
-        output_type: str,
-        callback_on_step_end_tensor_inputs: Sequence[str],
-    ) -> int:
-        """The checks of :meth:`start_call`, and the settings callbacks read; returns the number of prompts."""
-        prompts = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
-        check_output_type(output_type)
-        check_int("num_images_per_prompt", num_images_per_prompt)
-        for name, value, lo, hi in (
-            ("guidance_scale", guidance_scale, -math.inf, math.inf),
-            ("guidance_rescale", guidance_rescale, 0.0, 1.0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not lo <= value <= hi:
-                accepted = "a number" if hi == math.inf else f"a number from {lo:g} to {hi:g}"
-                raise ConfigError(f"{name}={value!r} is not supported; accepted: {accepted}.")
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ConfigError(
-                f"callback_on_step_end_tensor_inputs has {unknown}; accepted: {list(self._callback_tensor_inputs)}."
-            )
-        self._guidance_scale, self._guidance_rescale = float(guidance_scale), float(guidance_rescale)
-        self._clip_skip, self._interrupt = clip_skip, False
-        return prompts
-
-    def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        default_h, default_w = self.default_size()
-        height, width = height or default_h, width or default_w
-        f = self.vae_scale_factor
-        for name, value in (("height", height), ("width", width)):
-            check_int(name, value)
-            if value % f:
-                raise ConfigError(
-                    f"{name}={value} is not a multiple of {f}, the VAE scale factor of this package; accepted: "
-                    f"{value // f * f} or {value // f * f + f}."
-                )
-        return int(height), int(width)
-
-    def timestep_cond(self, batch: int) -> np.ndarray | None:
-        """Guidance-scale embedding for UNets that take it (``time_cond_proj_dim``, e.g. LCM-distilled ones)."""
-        dim = self.unet_config.get("time_cond_proj_dim")
-        if not dim:
-            return None
-        w = np.full(batch, self._guidance_scale - 1.0, dtype=np.float32)
-        return guidance_scale_embedding(w, dim)
 
     def denoise(
         self,
-        call: PromptCall,
+        call: Call,
         timesteps: np.ndarray,
         num_inference_steps: int,
-        latents: np.ndarray,
-        conditioning: Sequence[str] = (),
-        blend: Callable[[int, np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
-        state: dict[str, np.ndarray] | None = None,
-        unet_inputs: Mapping[str, str] | None = None,
+        tensors: DenoisingTensors,
+        known: KnownRegion | None = None,
     ) -> np.ndarray:
-        """Run the UNet over ``timesteps`` with guidance, stepping ``scheduler``; return the final latents.
+        """Run the UNet over ``timesteps`` with guidance, stepping the call's scheduler; return the final latents.
 
-        ``conditioning`` names tensors in ``state`` concatenated to the UNet input after the latents (inpainting
-        mask and masked image, depth map); ``blend`` re-imposes known regions after each step (4-channel inpainting);
-        ``unet_inputs`` maps further UNet inputs to the ``state`` tensors fed to them (SDXL's added conditions).
-        Callbacks may replace any tensor named in ``callback_on_step_end_tensor_inputs``.
+        ``known`` re-imposes the image outside the mask after each step (inpainting with a plain 4-channel UNet).
+        Callbacks may replace the tensors this pipeline offers them; guidance is re-read every step, so a callback
+        that sets ``pipe._guidance_scale`` changes the steps that follow, as in diffusers.
         """
-        cfg, scheduler = self.do_classifier_free_guidance, call.scheduler
-        prompt_embeds, negative_prompt_embeds = call.prompt_embeds, call.negative_prompt_embeds
-        state = dict(state or {})
-        state["latents"] = latents
-        state["negative_prompt_embeds"] = negative_prompt_embeds
-        state["prompt_embeds"] = np.concatenate([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
-        step_kwargs = _step_kwargs(scheduler, call.generator, call.eta)
-        cond = self.timestep_cond(prompt_embeds.shape[0])
+        scheduler, state = call.scheduler, call.state
+        step_kwargs = _step_kwargs(scheduler, call.generator, call.args.eta)
         warmup = len(timesteps) - num_inference_steps * scheduler.order
-        self._num_timesteps = len(timesteps)
+        state.num_timesteps = len(timesteps)
         with self.progress_bar(total=num_inference_steps) as bar:
             for i, t in enumerate(timesteps):
-                if self._interrupt:
+                if state.interrupt:
                     continue
-                latents = state["latents"]
                 start = time.perf_counter()
-                model_input = np.concatenate([latents] * 2) if cfg else latents
-                model_input = scheduler.scale_model_input(model_input, t)
-                if conditioning:
-                    model_input = np.concatenate([model_input, *(state[k] for k in conditioning)], axis=1)
-                unet_start = time.perf_counter()
-                extra = {name: state[key] for name, key in (unet_inputs or {}).items()}
-                noise_pred = self.run_unet(model_input, t, state["prompt_embeds"], cond, extra)
-                unet_end = time.perf_counter()
-                if cfg:
-                    uncond, text = np.split(noise_pred, 2)
-                    noise_pred = uncond + self._guidance_scale * (text - uncond)
-                    if self._guidance_rescale > 0.0:
-                        noise_pred = rescale_noise_cfg(noise_pred, text, self._guidance_rescale)
-                latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample.astype(np.float32)
+                noise_pred, unet_seconds = self.guided_noise(call, tensors, t)
+                latents = scheduler.step(noise_pred, t, tensors.latents, **step_kwargs).prev_sample
+                tensors.latents = latents.astype(np.float32)
                 if self.stage_hooks:
-                    self.emit("unet", unet_end - unet_start, i)
-                    self.emit("scheduler", (unet_start - start) + (time.perf_counter() - unet_end), i)
-                if blend is not None:
-                    latents = blend(i, latents, state)
-                state["latents"] = latents
-                if call.callback is not None:
-                    outputs = call.callback(self, i, t, {k: state[k] for k in call.callback_inputs})
-                    for key, value in (outputs or {}).items():
-                        if key in self._callback_tensor_inputs:
-                            state[key] = np.asarray(value, dtype=np.float32)
+                    self.emit("unet", unet_seconds, i)
+                    self.emit("scheduler", time.perf_counter() - start - unet_seconds, i)
+                if known is not None:
+                    tensors.latents = known.blend(scheduler, i, tensors.latents, tensors.mask)
+                if call.args.callback_on_step_end is not None:
+                    names = call.args.callback_on_step_end_tensor_inputs
+                    outputs = call.args.callback_on_step_end(self, i, t, tensors.named(names))
+                    tensors.replace(outputs, self._callback_tensor_inputs)
                 if i == len(timesteps) - 1 or (i + 1 > warmup and (i + 1) % scheduler.order == 0):
                     bar.update()
-        return state["latents"]
+        return tensors.latents
+
+    def guided_noise(self, call: Call, tensors: DenoisingTensors, t: Any) -> tuple[np.ndarray, float]:
+        """The UNet's noise prediction at ``t`` with classifier-free guidance (and rescale) applied; the seconds
+        the UNet took."""
+        state = call.state
+        cfg = state.do_classifier_free_guidance
+        model_input = np.concatenate([tensors.latents] * 2) if cfg else tensors.latents
+        model_input = call.scheduler.scale_model_input(model_input, t)
+        channels = self.unet_channels(tensors)
+        if channels:
+            model_input = np.concatenate([model_input, *channels], axis=1)
+        start = time.perf_counter()
+        noise_pred = self.run_unet(model_input, t, tensors.prompt_embeds, call.timestep_cond, self.unet_inputs(tensors))
+        seconds = time.perf_counter() - start
+        if cfg:
+            uncond, text = np.split(noise_pred, 2)
+            noise_pred = uncond + state.guidance_scale * (text - uncond)
+            if state.guidance_rescale > 0.0:
+                noise_pred = rescale_noise_cfg(noise_pred, text, state.guidance_rescale)
+        return noise_pred, seconds
+
+    def unet_channels(self, tensors: DenoisingTensors) -> list[np.ndarray]:
+        """Conditioning concatenated to the UNet's input after the latents (inpainting, depth); none here."""
+        return []
+
+    def unet_inputs(self, tensors: DenoisingTensors) -> dict[str, np.ndarray]:
+        """Further UNet graph inputs (SDXL's added conditions); none here."""
+        return {}
 
     def run_unet(
         self,
@@ -408,7 +388,7 @@ class StableDiffusionBase(DiffusionPipeline):
     def encode_image(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
         """Scaled latents of ``image`` (B, 3, H, W) in [-1, 1]: a draw from the VAE posterior, as diffusers'
         ``retrieve_latents`` (sample mode) takes it, times the VAE scaling factor."""
-        return (self.package.vae_scaling_factor * self.posterior_sample(image, generator)).astype(np.float32)
+        return (self.package.vae_config.scaling_factor * self.posterior_sample(image, generator)).astype(np.float32)
 
     def posterior_sample(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
         """One draw from the VAE posterior of ``image`` (B, 3, H, W) in [-1, 1], unscaled: (B, C, H/f, W/f)."""
@@ -428,7 +408,7 @@ class StableDiffusionBase(DiffusionPipeline):
 
     def unscale_latents(self, latents: np.ndarray) -> np.ndarray:
         """Diffusion latents -> what the VAE decoder takes: divided by the scaling factor."""
-        return latents / self.package.vae_scaling_factor
+        return latents / self.package.vae_config.scaling_factor
 
     def check_latents(self, latents: Any, shape: tuple[int, ...], why: str) -> np.ndarray:
         latents = np.asarray(latents, dtype=np.float32)
@@ -436,12 +416,19 @@ class StableDiffusionBase(DiffusionPipeline):
             raise ConfigError(f"latents has shape {latents.shape}; accepted: {tuple(shape)} ({why}).")
         return latents
 
+    def initial_latents(self, call: Call, shape: tuple[int, ...], latents: Any, size: tuple[int, int]) -> np.ndarray:
+        """Text-to-image's starting point: fresh noise (or the given ``latents``) times the scheduler's initial
+        sigma."""
+        if latents is None:
+            latents = randn(shape, call.generator)
+        else:
+            latents = self.check_latents(latents, shape, f"{shape[0]} images of {size[0]}x{size[1]} pixels")
+        return (latents * call.scheduler.init_noise_sigma).astype(np.float32)
+
     def strength_timesteps(
         self, scheduler: Scheduler, num_inference_steps: int, strength: float
     ) -> tuple[np.ndarray, int]:
         """The schedule image-to-image runs: the last ``strength`` of ``num_inference_steps`` steps."""
-        check_int("num_inference_steps", num_inference_steps)
-        check_strength(strength)
         timesteps = scheduler.set_timesteps_for_strength(num_inference_steps, strength)
         steps = min(int(num_inference_steps * strength), num_inference_steps)
         if steps < 1:
@@ -452,10 +439,19 @@ class StableDiffusionBase(DiffusionPipeline):
         return timesteps, steps
 
 
-def check_strength(strength: Any) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)) or not 0 <= strength <= 1:
-        raise ConfigError(f"strength={strength!r} is not supported; accepted: a number from 0 to 1.")
-    return float(strength)
+class KnownRegion:
+    """Inpainting with a plain 4-channel UNet: after step ``i`` the unmasked region is the image's latents noised to
+    the next timestep (unnoised after the last step)."""
+
+    def __init__(self, image_latents: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> None:
+        self.image_latents, self.noise, self.timesteps = image_latents, noise, timesteps
+
+    def blend(self, scheduler: Scheduler, i: int, latents: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        known = self.image_latents
+        if i < len(self.timesteps) - 1:
+            known = scheduler.add_noise(self.image_latents, self.noise, np.asarray([self.timesteps[i + 1]]))
+        init_mask = mask[: latents.shape[0]]
+        return ((1 - init_mask) * known + init_mask * latents).astype(np.float32)
 
 
 def timestep_feed(unet, t: Any, batch: int) -> np.ndarray:
@@ -513,7 +509,7 @@ def _step_kwargs(scheduler: Scheduler, generator: np.random.Generator, eta: floa
     return kwargs
 
 
-def _prompt_list(name: str, prompt: Any) -> list[str]:
+def prompt_list(name: str, prompt: Any) -> list[str]:
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
@@ -521,6 +517,19 @@ def _prompt_list(name: str, prompt: Any) -> list[str]:
     if isinstance(prompt, (list, tuple)) and not prompt:
         raise ConfigError(f"{name} is an empty list; accepted: a string or a non-empty list of strings.")
     raise ConfigError(f"{name}={prompt!r} is not supported; accepted: a string or a non-empty list of strings.")
+
+
+def negative_prompts(name: str, negative: Prompt, batch: int) -> list[str]:
+    """A negative prompt per prompt: one string serves every prompt, a list must have one each."""
+    if isinstance(negative, str):
+        return [negative] * batch
+    negatives = prompt_list(name, negative)
+    if len(negatives) != batch:
+        raise ConfigError(
+            f"{name} has {len(negatives)} prompts but prompt has {batch}; accepted: one string, or a list of "
+            f"{batch} strings (one per prompt)."
+        )
+    return negatives
 
 
 def _unet_kind(in_channels: int) -> str:

@@ -11,30 +11,18 @@ place of the target size).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..schedulers import Scheduler, as_generator
-from .base import check_int
-from .stable_diffusion import Prompt, PromptCall, StableDiffusionBase, StepCallback, _prompt_list
+from ..schedulers import Scheduler
+from .arguments import Prompt, Size, XLArguments, XLImageArguments
+from .call import Call, DenoisingTensors
+from .stable_diffusion import StableDiffusionBase, negative_prompts, prompt_list
 
-Size = tuple[int, int]
-ADDED_CONDITIONS = {"text_embeds": "add_text_embeds", "time_ids": "add_time_ids"}
-"""UNet input -> the tensor of the denoising state fed to it (callbacks may replace either)."""
 XL_PIPELINES = "StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline or StableDiffusionXLInpaintPipeline"
-
-
-@dataclass
-class XLPromptCall(PromptCall):
-    """A call's working set with SDXL's pooled text embeddings (batch, projection_dim) beside the hidden states."""
-
-    pooled_prompt_embeds: np.ndarray
-    negative_pooled_prompt_embeds: np.ndarray | None  # None without guidance
 
 
 @dataclass(frozen=True)
@@ -57,21 +45,16 @@ class StableDiffusionXLBase(StableDiffusionBase):
     networks: ClassVar[tuple[str, ...]] = ("text_encoder_2", "unet", "vae_decoder")
     optional_networks: ClassVar[tuple[str, ...]] = ("text_encoder",)
     _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
-
-    def __init__(self, package, scheduler: Scheduler | None = None):
-        super().__init__(package, scheduler)
-        self._guidance_scale = 5.0
-        self._denoising_start: float | None = None
-        self._denoising_end: float | None = None
+    default_guidance_scale: ClassVar[float] = 5.0
 
     # ----- loading ----------------------------------------------------------------------------------------------
     def check_unet(self, package) -> None:
         """Refuse a UNet without SDXL's added conditioning, or of a width this task cannot drive."""
-        in_channels = self.unet_config.get("in_channels", 4)
-        if self.unet_config and self.unet_config.get("addition_embed_type") != "text_time":
+        in_channels = self.unet_config.in_channels
+        if self.unet_config and not self.unet_config.is_sdxl:
             raise ConfigError(
                 f"the package's UNet has no SDXL conditioning (addition_embed_type="
-                f"{self.unet_config.get('addition_embed_type')!r}, not 'text_time'), which {type(self).__name__} "
+                f"{self.unet_config.addition_embed_type!r}, not 'text_time'), which {type(self).__name__} "
                 f"needs; it was exported from {package.pipeline_class or 'an unknown pipeline'}: use "
                 "StableDiffusionPipeline, StableDiffusionImg2ImgPipeline or StableDiffusionInpaintPipeline."
             )
@@ -91,10 +74,10 @@ class StableDiffusionXLBase(StableDiffusionBase):
         """Both tokenizers and text encoder configs (the first absent from refiners) and the pipeline config."""
         self.tokenizer = package.tokenizer("tokenizer") if self.text_encoder is not None else None
         self.tokenizer_2 = package.tokenizer("tokenizer_2")
-        self.text_encoder_config = package.config("text_encoder")
-        self.text_encoder_2_config = package.config("text_encoder_2")
-        self.force_zeros_for_empty_prompt = bool(package.index.get("force_zeros_for_empty_prompt", True))
-        self.requires_aesthetics_score = bool(package.index.get("requires_aesthetics_score", False))
+        self.text_encoder_config = package.text_encoder_config("text_encoder")
+        self.text_encoder_2_config = package.text_encoder_config("text_encoder_2")
+        self.force_zeros_for_empty_prompt = bool(package.index.force_zeros_for_empty_prompt)
+        self.requires_aesthetics_score = bool(package.index.requires_aesthetics_score)
         self.text_encoders = [
             _TextEncoder(name, tokenizer, engine, _layers(config, engine))
             for name, tokenizer, engine, config in (
@@ -110,19 +93,19 @@ class StableDiffusionXLBase(StableDiffusionBase):
         names = (*names, "scheduler", "tokenizer", "tokenizer_2")
         return {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
 
-    # ----- the properties diffusers' callbacks read -------------------------------------------------------------
+    # ----- what callbacks read: the running call's settings, per thread -----------------------------------------
     @property
     def denoising_start(self) -> float | None:
-        return self._denoising_start
+        return self._calls.state.denoising_start
 
     @property
     def denoising_end(self) -> float | None:
-        return self._denoising_end
+        return self._calls.state.denoising_end
 
     @property
     def text_embeds_dim(self) -> int:
         """Width of the pooled text embedding: text_encoder_2's projection (else the UNet graph's input width)."""
-        dim = self.text_encoder_2_config.get("projection_dim")
+        dim = self.text_encoder_2_config.projection_dim
         if not dim:
             spec = self.unet.inputs.get("text_embeds")
             dim = spec.shape[-1] if spec is not None and isinstance(spec.shape[-1], int) else 0
@@ -131,8 +114,8 @@ class StableDiffusionXLBase(StableDiffusionBase):
     @property
     def time_ids_count(self) -> int:
         """How many size / crop / score numbers the UNet's added embedding takes (6 base, 5 refiner)."""
-        total = self.unet_config.get("projection_class_embeddings_input_dim")
-        width = self.unet_config.get("addition_time_embed_dim")
+        total = self.unet_config.projection_class_embeddings_input_dim
+        width = self.unet_config.addition_time_embed_dim
         if not total or not width:
             raise ConfigError(
                 "the package's UNet config lacks projection_class_embeddings_input_dim or addition_time_embed_dim, "
@@ -141,126 +124,55 @@ class StableDiffusionXLBase(StableDiffusionBase):
         return (int(total) - self.text_embeds_dim) // int(width)
 
     # ----- prompts ----------------------------------------------------------------------------------------------
-    def start_xl_call(
-        self,
-        prompt: Prompt,
-        prompt_2: Prompt,
-        negative_prompt: Prompt,
-        negative_prompt_2: Prompt,
-        prompt_embeds: np.ndarray | None,
-        negative_prompt_embeds: np.ndarray | None,
-        pooled_prompt_embeds: np.ndarray | None,
-        negative_pooled_prompt_embeds: np.ndarray | None,
-        num_images_per_prompt: int,
-        guidance_scale: float,
-        guidance_rescale: float,
-        clip_skip: int | None,
-        output_type: str,
-        generator: np.random.Generator | int | None,
-        eta: float,
-        callback_on_step_end: StepCallback | None,
-        callback_on_step_end_tensor_inputs: Sequence[str],
-        denoising_start: float | None = None,
-        denoising_end: float | None = None,
-    ) -> XLPromptCall:
-        """Check the call's arguments as diffusers does, record what callbacks read, encode the prompts with both
-        text encoders, and give the call its own copy of the scheduler."""
-        prompts = self.check_call(
-            prompt,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            num_images_per_prompt,
-            guidance_scale,
-            guidance_rescale,
-            clip_skip,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-        )
-        self._check_xl_prompts(
-            prompts,
-            prompt_2,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-        )
-        self._denoising_start = check_fraction("denoising_start", denoising_start)
-        self._denoising_end = check_fraction("denoising_end", denoising_end)
-        if self._denoising_start is not None and self._denoising_end is not None:
-            if self._denoising_start >= self._denoising_end:
-                raise ConfigError(
-                    f"denoising_start={denoising_start} is not below denoising_end={denoising_end}; accepted: "
-                    "denoising_start < denoising_end."
-                )
-        embeds, negative, pooled, negative_pooled = self.encode_prompt(
-            prompt,
-            prompt_2,
-            num_images_per_prompt,
-            self.do_classifier_free_guidance,
-            negative_prompt,
-            negative_prompt_2,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
-            clip_skip,
-        )
-        return XLPromptCall(
-            scheduler=copy.deepcopy(self.scheduler),
-            generator=as_generator(generator),
-            prompt_embeds=embeds,
-            negative_prompt_embeds=negative,
-            batch=prompts * num_images_per_prompt,
-            eta=eta,
-            callback=callback_on_step_end,
-            callback_inputs=tuple(callback_on_step_end_tensor_inputs),
-            pooled_prompt_embeds=pooled,
-            negative_pooled_prompt_embeds=negative_pooled,
-        )
-
-    def _check_xl_prompts(
-        self,
-        prompts: int,
-        prompt_2: Prompt,
-        negative_prompt_2: Prompt,
-        prompt_embeds: Any,
-        negative_prompt_embeds: Any,
-        pooled_prompt_embeds: Any,
-        negative_pooled_prompt_embeds: Any,
-    ) -> None:
-        """The SDXL-only prompt arguments, checked as diffusers checks them (and the pooled shapes too)."""
-        if prompt_2 is not None and prompt_embeds is not None:
+    def check_prompts(self, args: XLArguments) -> int:
+        """The prompt checks every pipeline makes, then the SDXL-only ones as diffusers makes them (and the pooled
+        shapes too); returns the number of prompts."""
+        prompts = super().check_prompts(args)
+        if args.prompt_2 is not None and args.prompt_embeds is not None:
             raise ConfigError("prompt_2 and prompt_embeds were both given; accepted: one of the two.")
-        if negative_prompt_2 is not None and negative_prompt_embeds is not None:
+        if args.negative_prompt_2 is not None and args.negative_prompt_embeds is not None:
             raise ConfigError("negative_prompt_2 and negative_prompt_embeds were both given; accepted: one of the two.")
-        for name, value in (("prompt_2", prompt_2), ("negative_prompt_2", negative_prompt_2)):
-            if value is not None and not isinstance(value, str) and len(_prompt_list(name, value)) != prompts:
+        for name, value in (("prompt_2", args.prompt_2), ("negative_prompt_2", args.negative_prompt_2)):
+            if value is not None and not isinstance(value, str) and len(prompt_list(name, value)) != prompts:
                 raise ConfigError(
                     f"{name} has {len(value)} prompts but prompt has {prompts}; accepted: one string, or a list "
                     f"of {prompts} strings (one per prompt)."
                 )
-        for name, embeds, pooled_name, pooled in (
-            ("prompt_embeds", prompt_embeds, "pooled_prompt_embeds", pooled_prompt_embeds),
-            (
-                "negative_prompt_embeds",
-                negative_prompt_embeds,
-                "negative_pooled_prompt_embeds",
-                negative_pooled_prompt_embeds,
-            ),
-        ):
+        for side in ("", "negative_"):
+            embeds, pooled = getattr(args, f"{side}prompt_embeds"), getattr(args, f"{side}pooled_prompt_embeds")
             if embeds is not None and pooled is None:
                 raise ConfigError(
-                    f"{name} was given without {pooled_name}; accepted: both, from the same text encoders "
-                    f"({pooled_name}: text_encoder_2's text_embeds of the same prompts)."
+                    f"{side}prompt_embeds was given without {side}pooled_prompt_embeds; accepted: both, from the same "
+                    f"text encoders ({side}pooled_prompt_embeds: text_encoder_2's text_embeds of the same prompts)."
                 )
             expected = (prompts, self.text_embeds_dim)
             if pooled is not None and np.shape(pooled) != expected:
                 raise ConfigError(
-                    f"{pooled_name} has shape {np.shape(pooled)}; accepted: {expected}, one pooled text embedding "
-                    "per prompt."
+                    f"{side}pooled_prompt_embeds has shape {np.shape(pooled)}; accepted: {expected}, one pooled text "
+                    "embedding per prompt."
                 )
+        return prompts
+
+    def encode_call_prompts(self, call: Call) -> None:
+        args = call.args
+        (
+            call.prompt_embeds,
+            call.negative_prompt_embeds,
+            call.pooled_prompt_embeds,
+            call.negative_pooled_prompt_embeds,
+        ) = self.encode_prompt(
+            args.prompt,
+            args.prompt_2,
+            args.num_images_per_prompt,
+            call.state.do_classifier_free_guidance,
+            negative_prompt=args.negative_prompt,
+            negative_prompt_2=args.negative_prompt_2,
+            prompt_embeds=args.prompt_embeds,
+            negative_prompt_embeds=args.negative_prompt_embeds,
+            pooled_prompt_embeds=args.pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=args.negative_pooled_prompt_embeds,
+            clip_skip=args.clip_skip,
+        )
 
     def encode_prompt(
         self,
@@ -268,6 +180,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
         prompt_2: Prompt = None,
         num_images_per_prompt: int = 1,
         do_classifier_free_guidance: bool = True,
+        *,
         negative_prompt: Prompt = None,
         negative_prompt_2: Prompt = None,
         prompt_embeds: np.ndarray | None = None,
@@ -287,8 +200,8 @@ class StableDiffusionXLBase(StableDiffusionBase):
         """
         pooled = None if pooled_prompt_embeds is None else np.asarray(pooled_prompt_embeds, dtype=np.float32)
         if prompt_embeds is None:
-            prompts = _prompt_list("prompt", prompt)
-            prompts_2 = _prompt_list("prompt_2", prompt_2 or prompt)
+            prompts = prompt_list("prompt", prompt)
+            prompts_2 = prompt_list("prompt_2", prompt_2 or prompt)
             prompt_embeds, text_pooled = self._encode_texts([prompts, prompts_2], self._hidden_layer(clip_skip))
             pooled = text_pooled if pooled is None else pooled
         prompt_embeds = np.asarray(prompt_embeds, dtype=np.float32)
@@ -299,8 +212,8 @@ class StableDiffusionXLBase(StableDiffusionBase):
             if negative_prompt is None and self.force_zeros_for_empty_prompt:
                 negative, negative_pooled = np.zeros_like(prompt_embeds), np.zeros_like(pooled)
             else:
-                negatives = _negatives("negative_prompt", negative_prompt or "", batch)
-                negatives_2 = _negatives("negative_prompt_2", negative_prompt_2 or negative_prompt or "", batch)
+                negatives = negative_prompts("negative_prompt", negative_prompt or "", batch)
+                negatives_2 = negative_prompts("negative_prompt_2", negative_prompt_2 or negative_prompt or "", batch)
                 negative, text_pooled = self._encode_texts(
                     [negatives, negatives_2], self._hidden_layer(None), max_length=prompt_embeds.shape[1]
                 )
@@ -370,111 +283,78 @@ class StableDiffusionXLBase(StableDiffusionBase):
             f"the UNet expects {expected} time ids (sizes, crop corner, score) but this call makes {count}; {hint}."
         )
 
-    def text2img_time_ids(
-        self,
-        batch: int,
-        original_size: Size,
-        crops_coords_top_left: Size,
-        target_size: Size,
-        negative_original_size: Size | None,
-        negative_crops_coords_top_left: Size,
-        negative_target_size: Size | None,
-    ) -> np.ndarray:
+    def text2img_time_ids(self, call: Call, size: Size) -> np.ndarray:
         """Time ids (UNet batch, 6) for text-to-image. The negative ones apply only when both negative sizes are
         given. As in diffusers, the [negative, positive] pair is tiled per image (not stacked as the embeddings
         are), so with several images and distinct negative ids the rows alternate; identical ids hide this."""
-        ids = _time_ids(original_size, crops_coords_top_left, target_size)
+        args = call.args
+        ids = _time_ids(args.original_size or size, args.crops_coords_top_left, args.target_size or size)
         self.check_time_ids(len(ids))
         negative = ids
-        if negative_original_size is not None and negative_target_size is not None:
-            negative = _time_ids(negative_original_size, negative_crops_coords_top_left, negative_target_size)
-        pair = np.array([negative, ids] if self.do_classifier_free_guidance else [ids], dtype=np.float32)
-        return np.tile(pair, (batch, 1))
+        if args.negative_original_size is not None and args.negative_target_size is not None:
+            negative = _time_ids(
+                args.negative_original_size, args.negative_crops_coords_top_left, args.negative_target_size
+            )
+        pair = np.array([negative, ids] if call.state.do_classifier_free_guidance else [ids], dtype=np.float32)
+        return np.tile(pair, (call.batch, 1))
 
-    def img2img_time_ids(
-        self,
-        batch: int,
-        original_size: Size,
-        crops_coords_top_left: Size,
-        target_size: Size,
-        negative_original_size: Size,
-        negative_crops_coords_top_left: Size,
-        negative_target_size: Size,
-        aesthetic_score: float,
-        negative_aesthetic_score: float,
-    ) -> np.ndarray:
-        """Time ids (UNet batch, 5 or 6) for image-to-image and inpainting: negatives for the first half.
+    def img2img_time_ids(self, call: Call, size: Size) -> np.ndarray:
+        """Time ids (UNet batch, 5 or 6) for image-to-image and inpainting at ``size`` (the latents' size in
+        pixels): negatives for the first half.
 
         A refiner (``requires_aesthetics_score``) takes an aesthetic score in place of the target size. Without
         one the negative ids use the positive crop corner, as diffusers builds them.
         """
+        args: XLImageArguments = call.args
+        original_size, target_size = args.original_size or size, args.target_size or size
+        negative_original_size = args.negative_original_size or original_size
         if self.requires_aesthetics_score:
-            ids = (*_pair("original_size", original_size), *_pair("crops_coords_top_left", crops_coords_top_left))
-            ids = (*ids, _number("aesthetic_score", aesthetic_score))
+            ids = (*_pair("original_size", original_size), *_pair("crops_coords_top_left", args.crops_coords_top_left))
+            ids = (*ids, _number("aesthetic_score", args.aesthetic_score))
             negative = (
                 *_pair("negative_original_size", negative_original_size),
-                *_pair("negative_crops_coords_top_left", negative_crops_coords_top_left),
-                _number("negative_aesthetic_score", negative_aesthetic_score),
+                *_pair("negative_crops_coords_top_left", args.negative_crops_coords_top_left),
+                _number("negative_aesthetic_score", args.negative_aesthetic_score),
             )
         else:
-            ids = _time_ids(original_size, crops_coords_top_left, target_size)
+            ids = _time_ids(original_size, args.crops_coords_top_left, target_size)
             negative = (
                 *_pair("negative_original_size", negative_original_size),
-                *_pair("crops_coords_top_left", crops_coords_top_left),
-                *_pair("negative_target_size", negative_target_size),
+                *_pair("crops_coords_top_left", args.crops_coords_top_left),
+                *_pair("negative_target_size", args.negative_target_size or target_size),
             )
         self.check_time_ids(len(ids))
-        rows = [np.tile(np.array([ids], dtype=np.float32), (batch, 1))]
-        if self.do_classifier_free_guidance:
-            rows.insert(0, np.tile(np.array([negative], dtype=np.float32), (batch, 1)))
+        rows = [np.tile(np.array([ids], dtype=np.float32), (call.batch, 1))]
+        if call.state.do_classifier_free_guidance:
+            rows.insert(0, np.tile(np.array([negative], dtype=np.float32), (call.batch, 1)))
         return np.concatenate(rows)
 
     # ----- the denoising loop with SDXL's added conditions -------------------------------------------------------
-    def denoise_xl(
-        self,
-        call: XLPromptCall,
-        timesteps: np.ndarray,
-        num_inference_steps: int,
-        latents: np.ndarray,
-        add_time_ids: np.ndarray,
-        conditioning: Sequence[str] = (),
-        blend: Callable[[int, np.ndarray, dict[str, np.ndarray]], np.ndarray] | None = None,
-        state: dict[str, np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """:meth:`denoise` with the pooled text embeddings and time ids fed to the UNet at every step."""
-        pooled = call.pooled_prompt_embeds
-        if self.do_classifier_free_guidance:
-            pooled = np.concatenate([call.negative_pooled_prompt_embeds, pooled])
-        state = {**(state or {}), "add_text_embeds": pooled, "add_time_ids": add_time_ids.astype(np.float32)}
-        return self.denoise(
-            call,
-            timesteps,
-            num_inference_steps,
-            latents,
-            conditioning=conditioning,
-            blend=blend,
-            state=state,
-            unet_inputs=ADDED_CONDITIONS,
-        )
+    def denoising_tensors(self, call: Call, latents: np.ndarray, **conditioning: np.ndarray) -> DenoisingTensors:
+        """The loop's tensors, with the pooled text embeddings beside the hidden states; ``conditioning`` must
+        hold ``add_time_ids``."""
+        pooled = call.guided(call.pooled_prompt_embeds, call.negative_pooled_prompt_embeds)
+        return super().denoising_tensors(call, latents, add_text_embeds=pooled, **conditioning)
 
-    def end_timesteps(self, scheduler: Scheduler, timesteps: np.ndarray) -> tuple[np.ndarray, int]:
+    def unet_inputs(self, tensors: DenoisingTensors) -> dict[str, np.ndarray]:
+        return {"text_embeds": tensors.add_text_embeds, "time_ids": tensors.add_time_ids}
+
+    def end_timesteps(self, call: Call, timesteps: np.ndarray) -> tuple[np.ndarray, int]:
         """``timesteps`` cut at ``denoising_end``: those at or above the discrete cut-off (base-to-refiner)."""
-        if self._denoising_end is None:
+        if call.state.denoising_end is None:
             return timesteps, len(timesteps)
-        cutoff = discrete_cutoff(scheduler, self._denoising_end)
+        cutoff = discrete_cutoff(call.scheduler, call.state.denoising_end)
         keep = int(np.sum(np.asarray(timesteps) >= cutoff))
         return timesteps[:keep], keep
 
-    def start_timesteps(
-        self, scheduler: Scheduler, num_inference_steps: int, strength: float
-    ) -> tuple[np.ndarray, int]:
+    def start_timesteps(self, call: Call) -> tuple[np.ndarray, int]:
         """The schedule an image-to-image call runs: the last ``strength`` of it, or, with ``denoising_start``,
         the timesteps below the discrete cut-off (strength then plays no part)."""
-        if self._denoising_start is None:
-            return self.strength_timesteps(scheduler, num_inference_steps, strength)
-        check_int("num_inference_steps", num_inference_steps)
-        scheduler.set_timesteps(num_inference_steps)
-        cutoff = discrete_cutoff(scheduler, self._denoising_start)
+        scheduler, args, start_at = call.scheduler, call.args, call.state.denoising_start
+        if start_at is None:
+            return self.strength_timesteps(scheduler, args.num_inference_steps, args.strength)
+        scheduler.set_timesteps(args.num_inference_steps)
+        cutoff = discrete_cutoff(scheduler, start_at)
         steps = int(np.sum(np.asarray(scheduler.timesteps) < cutoff))
         if scheduler.order == 2 and steps % 2 == 0:
             steps += 1  # end after a second-order step's second half, not between its halves
@@ -483,7 +363,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
         scheduler.set_begin_index(start)
         if steps < 1:
             raise ConfigError(
-                f"denoising_start={self._denoising_start} with num_inference_steps={num_inference_steps} leaves no "
+                f"denoising_start={start_at} with num_inference_steps={args.num_inference_steps} leaves no "
                 "denoising step; accepted: a smaller denoising_start or more steps."
             )
         return scheduler.timesteps[start:], steps
@@ -492,7 +372,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
     def latents_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(mean, std) as (1, C, 1, 1) when the VAE config declares ``latents_mean`` and ``latents_std``."""
         config = self.package.vae_config
-        mean, std = config.get("latents_mean"), config.get("latents_std")
+        mean, std = config.latents_mean, config.latents_std
         if mean is None or std is None:
             return None
         shape = (1, -1, 1, 1)
@@ -502,34 +382,25 @@ class StableDiffusionXLBase(StableDiffusionBase):
         """Latents of ``image`` as image-to-image starts from them: a posterior draw, standardised with the
         VAE's latent statistics when it has them, else times the scaling factor."""
         sample = self.posterior_sample(image, generator)
-        stats, factor = self.latents_stats(), self.package.vae_scaling_factor
+        stats, factor = self.latents_stats(), self.package.vae_config.scaling_factor
         if stats is None:
             return (factor * sample).astype(np.float32)
         mean, std = stats
         return ((sample - mean) * factor / std).astype(np.float32)
 
     def unscale_latents(self, latents: np.ndarray) -> np.ndarray:
-        stats, factor = self.latents_stats(), self.package.vae_scaling_factor
+        stats, factor = self.latents_stats(), self.package.vae_config.scaling_factor
         if stats is None:
             return latents / factor
         mean, std = stats
         return latents * std / factor + mean
 
 
-def _layers(config: dict[str, Any], engine: Any) -> int:
+def _layers(config: Any, engine: Any) -> int:
     """A text encoder's layer count: from its config, else from its ``hidden_states.{i}`` outputs."""
-    if config.get("num_hidden_layers"):
-        return int(config["num_hidden_layers"])
+    if config.num_hidden_layers:
+        return int(config.num_hidden_layers)
     return max(sum(1 for name in engine.outputs if name.startswith("hidden_states.")) - 1, 0)
-
-
-def check_fraction(name: str, value: Any) -> float | None:
-    """``denoising_start`` / ``denoising_end``: None, or the fraction of the schedule (strictly between 0 and 1)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value < 1:
-        raise ConfigError(f"{name}={value!r} is not supported; accepted: None or a number between 0 and 1 (exclusive).")
-    return float(value)
 
 
 def discrete_cutoff(scheduler: Scheduler, fraction: float) -> int:
@@ -560,16 +431,3 @@ def _time_ids(original_size: Any, crops_coords_top_left: Any, target_size: Any) 
         *_pair("crops_coords_top_left", crops_coords_top_left),
         *_pair("target_size", target_size),
     )
-
-
-def _negatives(name: str, negative: Prompt, batch: int) -> list[str]:
-    """A negative prompt per prompt: one string serves every prompt, a list must have one each."""
-    if isinstance(negative, str):
-        return [negative] * batch
-    negatives = _prompt_list(name, negative)
-    if len(negatives) != batch:
-        raise ConfigError(
-            f"{name} has {len(negatives)} prompts but prompt has {batch}; accepted: one string, or a list of "
-            f"{batch} strings (one per prompt)."
-        )
-    return negatives

@@ -4,11 +4,12 @@ callbacks, schedulers swapped in, and concurrent calls."""
 from __future__ import annotations
 
 import shutil
-import threading
 
 import numpy as np
 import PIL.Image
 import pytest
+
+from concurrency import assert_concurrent_calls_match_calls_alone
 
 from diffrt.runtime import PackageError
 from diffrt.runtime.errors import ConfigError
@@ -249,27 +250,87 @@ def test_ddpm_output_has_the_unet_sample_size(packages):
 
 
 # ----- servers: one pipeline, several threads --------------------------------------------------------------------
-def test_two_threads_generating_at_once_get_the_images_of_one_at_a_time(packages):
-    pipe = StableDiffusionPipeline.from_pretrained(packages["sd1"])
-    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)  # stochastic steps too
-    pipe.set_progress_bar_config(disable=True)
-    jobs = {seed: dict(prompt=f"a picture number {seed}", num_inference_steps=4, output_type="np") for seed in (1, 2)}
-    alone = {seed: pipe(**kw, generator=seed).images for seed, kw in jobs.items()}
-    together: dict[int, np.ndarray] = {}
-    start = threading.Barrier(2)
+@pytest.fixture
+def ancestral(packages):
+    """A fresh pipeline of each kind whose scheduler draws noise at every step (so seeds matter to each step)."""
 
-    def work(seed: int) -> None:
-        start.wait()
-        for _ in range(3):
-            together[seed] = pipe(**jobs[seed], generator=seed).images
+    def make(cls, kind: str = "sd1"):
+        pipe = cls.from_pretrained(packages[kind], provider="cpu")
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for seed in jobs:
-        assert np.array_equal(together[seed], alone[seed])
+    return make
+
+
+def test_concurrent_text_to_image_calls_with_different_settings_each_match_the_call_alone(ancestral):
+    jobs = [
+        dict(prompt="a red cube", guidance_scale=1.5, num_inference_steps=3, generator=1),
+        dict(
+            prompt="a blue ball",
+            negative_prompt="blurry",
+            guidance_scale=9.0,
+            guidance_rescale=0.7,
+            num_inference_steps=5,
+            height=24,
+            width=40,
+            generator=2,
+        ),
+        dict(prompt="a green tree", guidance_scale=1.0, num_inference_steps=4, height=40, width=24, generator=3),
+        dict(prompt=["a cat", "a dog"], guidance_scale=4.0, clip_skip=1, num_inference_steps=2, generator=4),
+    ]
+    assert_concurrent_calls_match_calls_alone(ancestral(StableDiffusionPipeline), jobs)
+
+
+def test_concurrent_image_to_image_calls_with_different_settings_each_match_the_call_alone(ancestral):
+    jobs = [
+        dict(prompt="a red cube", image=picture(seed=1), strength=0.5, guidance_scale=1.5, num_inference_steps=4),
+        dict(
+            prompt="a blue ball",
+            image=picture(40, 24, seed=2),
+            negative_prompt="blurry",
+            strength=0.9,
+            guidance_scale=8.0,
+            guidance_rescale=0.5,
+            num_inference_steps=3,
+        ),
+        dict(prompt="a green tree", image=picture(24, 40, seed=3), strength=0.7, guidance_scale=1.0),
+    ]
+    jobs = [{**job, "generator": seed, "num_inference_steps": job.get("num_inference_steps", 5)} for seed, job in
+            enumerate(jobs, start=10)]
+    assert_concurrent_calls_match_calls_alone(ancestral(StableDiffusionImg2ImgPipeline), jobs)
+
+
+@pytest.mark.parametrize("kind", ["inpaint", "sd1"])  # a 9-channel inpainting UNet, and a plain one
+def test_concurrent_inpainting_calls_with_different_settings_each_match_the_call_alone(ancestral, kind):
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 4:20] = 255
+    wide_mask = np.zeros((24, 40), np.uint8)
+    wide_mask[4:20, 10:40] = 255
+    jobs = [
+        dict(prompt="a red cube", image=picture(), mask_image=PIL.Image.fromarray(mask), guidance_scale=2.0),
+        dict(
+            prompt="a blue ball",
+            image=picture(40, 24, seed=5),
+            mask_image=PIL.Image.fromarray(wide_mask),
+            height=24,
+            width=40,
+            negative_prompt="blurry",
+            strength=0.6,
+            guidance_scale=7.0,
+            guidance_rescale=0.3,
+            num_inference_steps=5,
+        ),
+        dict(
+            prompt="a green tree",
+            image=picture(seed=6),
+            mask_image=PIL.Image.fromarray(255 - mask),
+            guidance_scale=1.0,
+            num_inference_steps=2,
+        ),
+    ]
+    jobs = [{"num_inference_steps": 3, **job, "generator": seed} for seed, job in enumerate(jobs, start=20)]
+    assert_concurrent_calls_match_calls_alone(ancestral(StableDiffusionInpaintPipeline, kind), jobs)
 
 
 # ----- backends -------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import contextlib
 import numpy as np
 import PIL.Image
 import pytest
+from concurrency import assert_concurrent_calls_match_calls_alone
 from pipeline_parity import assert_images_close, load_diffusers, run_diffrt, run_diffusers, shared_noise
 
 import diffrt.runtime.pipelines as ours
@@ -403,3 +404,63 @@ def test_sd_and_sdxl_pipelines_refuse_each_others_packages(sdxl_packages, packag
         ours.StableDiffusionPipeline.from_pretrained(sdxl_packages["sdxl"], provider="cpu")
     with pytest.raises(ConfigError, match="no SDXL conditioning .* use StableDiffusionPipeline"):
         ours.StableDiffusionXLPipeline.from_pretrained(packages["sd1"], provider="cpu")
+
+
+# ----- one pipeline, several threads ---------------------------------------------------------------------------
+def ancestral_pipe(sdxl_packages, class_name: str, kind: str = "sdxl"):
+    pipe = getattr(ours, class_name).from_pretrained(sdxl_packages[kind], provider="cpu")
+    pipe.scheduler = SCHEDULERS["EulerAncestralDiscreteScheduler"].from_config(dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_concurrent_sdxl_text_to_image_calls_with_different_settings_each_match_the_call_alone(sdxl_packages):
+    jobs = [
+        dict(prompt=PROMPT, guidance_scale=1.5, num_inference_steps=3, generator=1),
+        dict(
+            prompt="a red cube",
+            prompt_2="in the snow",
+            negative_prompt="blurry",
+            guidance_scale=9.0,
+            guidance_rescale=0.7,
+            num_inference_steps=5,
+            denoising_end=0.6,
+            height=24,
+            width=40,
+            generator=2,
+        ),
+        dict(prompt="a green tree", guidance_scale=1.0, num_inference_steps=4, height=40, width=24, generator=3),
+        dict(prompt=["a cat", "a dog"], guidance_scale=4.0, clip_skip=1, original_size=(64, 48), generator=4,
+             num_inference_steps=2),
+    ]
+    assert_concurrent_calls_match_calls_alone(ancestral_pipe(sdxl_packages, "StableDiffusionXLPipeline"), jobs)
+
+
+def test_concurrent_sdxl_refiner_calls_with_different_settings_each_match_the_call_alone(sdxl_packages):
+    latents = np.random.default_rng(3).standard_normal((1, 4, 16, 24), dtype=np.float32)
+    jobs = [
+        dict(prompt=PROMPT, image=latents, denoising_start=0.5, guidance_scale=3.0, num_inference_steps=4),
+        dict(prompt=PROMPT, image=latents, denoising_start=0.8, guidance_scale=8.0, num_inference_steps=6,
+             negative_prompt="blurry", aesthetic_score=7.5),
+        dict(prompt="a red cube", image=make_image(2), strength=0.7, guidance_scale=1.0, num_inference_steps=3),
+        dict(prompt="a red cube", image=make_image(3, 40, 24), strength=0.9, guidance_rescale=0.5,
+             num_inference_steps=4),
+    ]
+    jobs = [{**job, "generator": seed} for seed, job in enumerate(jobs, start=30)]
+    pipe = ancestral_pipe(sdxl_packages, "StableDiffusionXLImg2ImgPipeline", "sdxl_refiner")
+    assert_concurrent_calls_match_calls_alone(pipe, jobs)
+
+
+@pytest.mark.parametrize("kind", ["sdxl_inpaint", "sdxl"], ids=["9-channel", "4-channel"])
+def test_concurrent_sdxl_inpainting_calls_with_different_settings_each_match_the_call_alone(sdxl_packages, kind):
+    common = dict(image=make_image(6), mask_image=make_mask(), height=32, width=48)
+    jobs = [
+        dict(prompt=PROMPT, strength=1.0, guidance_scale=2.0, num_inference_steps=3, **common),
+        dict(prompt="a red cube", negative_prompt="grey", strength=0.7, guidance_scale=8.0, guidance_rescale=0.4,
+             num_inference_steps=5, denoising_end=0.8, **common),
+        dict(prompt="a green tree", image=make_image(7, 32, 32), mask_image=make_mask(32, 32), strength=0.8,
+             guidance_scale=1.0, num_inference_steps=4),
+    ]
+    jobs = [{**job, "generator": seed} for seed, job in enumerate(jobs, start=40)]
+    pipe = ancestral_pipe(sdxl_packages, "StableDiffusionXLInpaintPipeline", kind)
+    assert_concurrent_calls_match_calls_alone(pipe, jobs)
