@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -123,4 +123,3 @@ class DenoisingTensors:
                 setattr(self, name, np.asarray(value, dtype=np.float32))
 
 
-TENSOR_NAMES = tuple(f.name for f in fields(DenoisingTensors))

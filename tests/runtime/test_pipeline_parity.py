@@ -124,6 +124,51 @@ def test_text_to_image_with_given_latents_and_embeddings_matches_diffusers(pipes
     assert_images_close(mine_images, theirs_images)
 
 
+# ----- callbacks that change the call, as diffusers' documentation writes them ----------------------------------
+def dynamic_guidance(split):
+    """diffusers' recipe: from 40% of the steps on, no guidance (the prompt embeddings' negative half dropped)."""
+
+    def callback(pipe, step, timestep, tensors):
+        if step == int(pipe.num_timesteps * 0.4):
+            tensors["prompt_embeds"] = split(tensors["prompt_embeds"])
+            pipe._guidance_scale = 0.0
+        return tensors
+
+    return callback
+
+
+def interrupt_after(step_count):
+    def callback(pipe, step, timestep, tensors):
+        if step == step_count - 1:
+            pipe._interrupt = True
+        return tensors
+
+    return callback
+
+
+def test_a_callback_turning_guidance_off_midway_matches_diffusers(pipes):
+    mine, theirs = pipes("sd1", "StableDiffusionPipeline")
+    kwargs = dict(
+        prompt=PROMPT, num_inference_steps=5, guidance_scale=8.0, callback_on_step_end_tensor_inputs=["prompt_embeds"]
+    )
+    ours_images = run_diffrt(mine, 4, callback_on_step_end=dynamic_guidance(lambda e: np.split(e, 2)[-1]), **kwargs)
+    theirs_images = run_diffusers(theirs, 4, callback_on_step_end=dynamic_guidance(lambda e: e.chunk(2)[-1]), **kwargs)
+    assert mine.guidance_scale == 0.0 and not mine.do_classifier_free_guidance  # this thread's last call
+    assert_images_close(ours_images, theirs_images)
+    plain = run_diffrt(mine, 4, prompt=PROMPT, num_inference_steps=5, guidance_scale=8.0)
+    assert np.abs(plain - ours_images).max() > 1e-2  # the change took effect
+    assert mine.guidance_scale == 8.0
+
+
+def test_a_callback_interrupting_the_call_matches_diffusers(pipes):
+    mine, theirs = pipes("sd1", "StableDiffusionPipeline")
+    kwargs = dict(prompt=PROMPT, num_inference_steps=STEPS, callback_on_step_end=interrupt_after(2))
+    assert_images_close(run_diffrt(mine, 5, **kwargs), run_diffusers(theirs, 5, **kwargs))
+    assert mine.interrupt
+    mine(PROMPT, num_inference_steps=1, output_type="latent")
+    assert not mine.interrupt  # a new call starts uninterrupted
+
+
 # ----- image-to-image ------------------------------------------------------------------------------------------
 IMG2IMG_CASES = {
     "strength-0.6": dict(prompt=PROMPT, image=make_image(0), strength=0.6),
