@@ -44,6 +44,15 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def default_size(unet: Mapping[str, Any], scale_factor: int) -> tuple[int, int]:
+    """(height, width) in pixels a model was trained at: its UNet's ``sample_size`` (64 latent cells when unset,
+    diffusers' Stable Diffusion default) times the VAE scale factor. Export sizes its shape profiles from it, and
+    pipelines their default image."""
+    size = unet.get("sample_size") or 64
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(h) * scale_factor, int(w) * scale_factor
+
+
 @dataclass(frozen=True, eq=False)
 class ComponentConfig(Mapping[str, Any]):
     """A component's config: typed attributes (declared by subclasses) over the whole file as a read-only mapping.

@@ -30,6 +30,16 @@ Size = tuple[int, int]
 StepCallback = Callable[[Any, int, Any, dict[str, np.ndarray]], dict[str, np.ndarray] | None]
 Generator = np.random.Generator | int | None
 OUTPUT_TYPES = ("pil", "np", "latent")
+# The order diffusers' pipelines list their arguments in: signatures show them so.
+DIFFUSERS_ORDER = (
+    *("prompt", "prompt_2", "image", "mask_image", "masked_image_latents", "depth_map", "height", "width"),
+    *("padding_mask_crop", "strength", "num_inference_steps", "denoising_start", "denoising_end", "guidance_scale"),
+    *("negative_prompt", "negative_prompt_2", "num_images_per_prompt", "batch_size", "eta", "generator", "latents"),
+    *("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+    *("output_type", "guidance_rescale", "original_size", "crops_coords_top_left", "target_size"),
+    *("negative_original_size", "negative_crops_coords_top_left", "negative_target_size", "aesthetic_score"),
+    *("negative_aesthetic_score", "clip_skip", "callback_on_step_end", "callback_on_step_end_tensor_inputs"),
+)
 
 
 # ----- checks shared by every argument class ---------------------------------------------------------------------
@@ -95,7 +105,8 @@ class CallArguments:
     def signature(cls) -> inspect.Signature:
         """The public signature: ``positional`` names first (by position or name), then the rest by name only."""
         declared = {f.name: f for f in fields(cls)}
-        order = [*cls.positional, *(name for name in declared if name not in cls.positional)]
+        rest = sorted((n for n in declared if n not in cls.positional), key=lambda n: DIFFUSERS_ORDER.index(n))
+        order = [*cls.positional, *rest]
         parameters = []
         for name in order:
             f = declared[name]

@@ -121,5 +121,3 @@ class DenoisingTensors:
         for name, value in (outputs or {}).items():
             if name in allowed:
                 setattr(self, name, np.asarray(value, dtype=np.float32))
-
-

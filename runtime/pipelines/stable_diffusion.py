@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..image_processor import VaeImageProcessor
 from ..schedulers import Scheduler, as_generator, randn
+from ..schema import default_size
 from .arguments import Prompt, PromptArguments, check_int
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput
 from .call import Call, CallScope, CallState, DenoisingTensors
@@ -126,8 +127,7 @@ class StableDiffusionBase(DiffusionPipeline):
 
     def default_size(self) -> tuple[int, int]:
         """(height, width) in pixels the UNet was trained at: its ``sample_size`` times the VAE scale factor."""
-        h, w = self.unet_config.sample_hw or (64, 64)
-        return h * self.vae_scale_factor, w * self.vae_scale_factor
+        return default_size(self.unet_config, self.vae_scale_factor)
 
     def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         default_h, default_w = self.default_size()

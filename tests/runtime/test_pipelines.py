@@ -74,6 +74,38 @@ def test_same_seed_same_image_and_generator_objects_continue_their_stream(t2i):
     assert not np.allclose(a, c)
 
 
+# ----- arguments: diffusers' names, the first few also by position ---------------------------------------------
+def test_the_first_arguments_go_by_position_as_in_diffusers_and_the_rest_by_name(t2i):
+    by_position = t2i(PROMPT, 24, 40, num_inference_steps=1, generator=3, output_type="latent").images
+    by_name = t2i(prompt=PROMPT, height=24, width=40, num_inference_steps=1, generator=3, output_type="latent").images
+    assert by_position.shape == (1, 4, 12, 20) and np.array_equal(by_position, by_name)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        t2i(PROMPT, 24, 40, 1)
+    with pytest.raises(TypeError, match="guidance"):
+        t2i(PROMPT, guidance=3.0)  # a misspelt name is refused, never ignored
+
+
+def test_generate_takes_the_typed_arguments_a_call_binds(t2i):
+    from diffrt.runtime.pipelines.arguments import Text2ImageArguments
+
+    common = dict(prompt=PROMPT, negative_prompt="grey", guidance_scale=3.0, num_inference_steps=2, output_type="np")
+    assert np.array_equal(
+        t2i.generate(Text2ImageArguments(**common, generator=4)).images, t2i(**common, generator=4).images
+    )
+    with pytest.raises(ConfigError, match="guidance_rescale=2"):
+        Text2ImageArguments(prompt=PROMPT, guidance_rescale=2)  # checked when made, before any work
+
+
+def test_the_signature_shows_diffusers_arguments(t2i, inpaint):
+    import inspect
+
+    text = inspect.signature(t2i)
+    assert list(text.parameters)[:3] == ["prompt", "height", "width"]
+    assert text.parameters["guidance_scale"].default == 7.5
+    assert text.parameters["num_inference_steps"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(inspect.signature(inpaint).parameters)[:3] == ["prompt", "image", "mask_image"]
+
+
 # ----- bad input: one clear error naming the argument ------------------------------------------------------------
 @pytest.mark.parametrize(
     "kwargs,names",
@@ -296,8 +328,10 @@ def test_concurrent_image_to_image_calls_with_different_settings_each_match_the_
         ),
         dict(prompt="a green tree", image=picture(24, 40, seed=3), strength=0.7, guidance_scale=1.0),
     ]
-    jobs = [{**job, "generator": seed, "num_inference_steps": job.get("num_inference_steps", 5)} for seed, job in
-            enumerate(jobs, start=10)]
+    jobs = [
+        {**job, "generator": seed, "num_inference_steps": job.get("num_inference_steps", 5)}
+        for seed, job in enumerate(jobs, start=10)
+    ]
     assert_concurrent_calls_match_calls_alone(ancestral(StableDiffusionImg2ImgPipeline), jobs)
 
 
