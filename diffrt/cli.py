@@ -131,13 +131,13 @@ def _lora(args: argparse.Namespace) -> int:
 
 
 def _add_engines(p: argparse.ArgumentParser) -> None:
-    from diffrt.runtime.engines_cli import add_arguments
+    from diffrt.runtime.engines.cli import add_arguments
 
     add_arguments(p)
 
 
 def _engines(args: argparse.Namespace) -> int:
-    from diffrt.runtime.engines_cli import run
+    from diffrt.runtime.engines.cli import run
 
     return run(args)
 

@@ -46,7 +46,7 @@ def test_runtime_imports_and_runs_without_torch(tokenizer_folders):
         from diffrt.runtime import networks  # shape contracts: read by the runtime too
         # The GPU side: timing hooks, the CUDA driver wrapper, TensorRT plan bookkeeping, the engines CLI, fp16 pass.
         import diffrt.runtime.timing, diffrt.runtime.engines.cuda, diffrt.runtime.engines.trt_plans
-        import diffrt.runtime.engines_cli, diffrt.kernels.fp16
+        import diffrt.runtime.engines.cli, diffrt.kernels.fp16
         assert networks.vae_decoder_network({{"latent_channels": 4}}, 8).shapes(1, 64, 64)["sample"] == (1, 3, 64, 64)
         ran = []
         for name, cls in sorted(SCHEDULERS.items()):

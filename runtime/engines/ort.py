@@ -7,34 +7,28 @@ on the CPU under the feet of other threads) is turned off; a provider that does 
 :class:`~diffrt.runtime.errors.BackendUnavailable`, and ``provider="auto"`` (in :func:`~diffrt.runtime.engines.
 load_engine`) then opens the graph again on the CPU.
 
-On the CUDA provider an engine computes in fp16 by default (``SessionSettings.precision``): the graph, with its
-attention fused into ``MultiHeadAttention`` (flash attention on the GPU), is converted once by
-:mod:`diffrt.kernels.fp16` and kept in the graph cache. Inputs and outputs stay float32 NumPy arrays; they are bound
-to device buffers allocated once per input shape (I/O binding), and with ``SessionSettings.cuda_graph`` each shape
-runs as a captured CUDA graph in a session of its own with that shape fixed.
+This module holds the engine, which provider a name means (:func:`resolve_provider`), what a session is set up
+with (:func:`session_options`, the CPU arena the sessions of a process share) and how sessions are built. What a
+session is built from is prepared elsewhere: the graph with its attention fused and the CPU provider's optimized
+graph cache in :mod:`.graph_cache`; on the CUDA provider the fp16 graph and I/O binding in :mod:`.ort_cuda`.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
-import platform
 import shutil
 import tempfile
-import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import onnxruntime
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ..errors import BackendUnavailable, ConfigError, PackageError
-from . import (
+from . import graph_cache, ort_cuda
+from .base import (
     MODEL_FILE,
     SessionSettings,
     TensorInfo,
@@ -44,9 +38,9 @@ from . import (
     prepare_feeds,
     select_outputs,
 )
+from .graph_cache import CPU
+from .ort_cuda import CUDA
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 ALIASES = {"cpu": CPU, "cuda": CUDA}
 # The onnxruntime build that ships a provider, named in the error when the installed build lacks it.
 PROVIDER_PACKAGES = {
@@ -86,8 +80,6 @@ LOAD_ERRORS = (
     ort_state.NotImplemented,
 )
 SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
-CACHE_DATA_FILE = "model.onnx.data"
-CACHE_SOURCE_FILE = "source.json"  # which graph file an entry was made from
 # Where ONNX Runtime looks for the external data (model.onnx.data) of a graph it is given as bytes.
 EXTERNAL_DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
@@ -119,39 +111,6 @@ def resolve_provider(provider: str, owner: str, extra: tuple[str, ...] = ()) -> 
         raise _lacking(provider, ort_name, owner)
     accepted = ", ".join(repr(value) for value in (*extra, *ALIASES, *offered))
     raise ConfigError(f"provider={provider!r} is not supported for {owner}; accepted values: {accepted}.")
-
-
-def cuda_unavailable(device_id: int = 0) -> str | None:
-    """Why ONNX Runtime's CUDA provider cannot run here (no CUDA build, no driver, no such GPU), or None."""
-    if CUDA not in available_providers():
-        return (
-            f"the installed onnxruntime {onnxruntime.__version__} is a build without {CUDA} (it offers "
-            f"{', '.join(available_providers())}); install onnxruntime-gpu (pip install 'diffrt[gpu]') in place of "
-            "onnxruntime"
-        )
-    from .cuda import device, driver_status
-
-    usable, why = driver_status()
-    if not usable:
-        return why
-    try:
-        device(device_id)
-    except Exception as error:  # an index past the last GPU: the driver's own message says so
-        return f"CUDA device {device_id} is not usable: {error}"
-    return None
-
-
-@functools.cache
-def _preload_cuda_libraries() -> None:
-    """Load the CUDA and cuDNN libraries that the nvidia-* wheels install (onnxruntime >= 1.21), once; where they
-    are not installed that way the system's (LD_LIBRARY_PATH) are used, as before."""
-    preload = getattr(onnxruntime, "preload_dlls", None)
-    if preload is None:
-        return
-    try:
-        preload()
-    except Exception as error:  # the session then reports precisely what it could not load
-        logger.debug("onnxruntime.preload_dlls() failed: %s", error)
 
 
 def precision_for(setting: str, provider: str, owner: str) -> str:
@@ -199,138 +158,6 @@ def session_options(settings: SessionSettings, provider: str = CPU) -> onnxrunti
     return options
 
 
-def cached_graph_folder(model: Path, provider: str, settings: SessionSettings) -> Path | None:
-    """Where the optimized form of ``model`` is cached for this provider, machine and onnxruntime; None when off.
-
-    The key covers what the optimized graph depends on: the graph's files (path, size, modification time), the
-    onnxruntime version, the optimization level and the CPU's instruction sets (level "all" picks kernels and
-    layouts for them). Only the CPU provider's sessions are cached: GPU providers optimize for the device at hand
-    (their fp16 graphs are cached by :func:`converted_graph_folder`).
-    """
-    if settings.cache_path is None or provider != CPU or settings.graph_optimization == "disable":
-        return None
-    parts = [onnxruntime.__version__, provider, settings.graph_optimization, _cpu_flags()]
-    attention = _attention_pass() if settings.fuse_attention else None
-    if attention is not None:  # the fused graph is another graph; unfused keys stay as they were
-        parts.append(f"fuse_attention-{attention.PASS_VERSION}")
-    return _keyed_folder(settings.cache_path / "ort", model, parts)
-
-
-def converted_graph_folder(model: Path, settings: SessionSettings, fp16_version: str, fused: bool) -> Path | None:
-    """Where ``model`` converted to fp16 (attention fused first when ``fused``) is cached; None when caching is off.
-
-    The conversion does not depend on the GPU or the onnxruntime version, only on the graph and the passes."""
-    if settings.cache_path is None:
-        return None
-    parts = ["fp16", f"fp16-{fp16_version}"]
-    if fused:
-        parts.append(f"fuse_attention-{_attention_pass().PASS_VERSION}")
-    return _keyed_folder(settings.cache_path / "fp16", model, parts)
-
-
-def _keyed_folder(root: Path, model: Path, parts: list[str]) -> Path:
-    key = hashlib.sha256()
-    for part in parts:
-        key.update(part.encode() + b"\0")
-    for file in sorted(model.parent.glob(model.name + "*")):
-        stat = file.stat()
-        key.update(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode() + b"\0")
-    return root / f"{network_name(model)}-{key.hexdigest()[:20]}"
-
-
-@functools.cache
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-@functools.cache
-def _attention_pass() -> ModuleType | None:
-    """``diffrt.kernels.attention`` where it can run, else None: it needs the onnx package, which onnxruntime
-    does not bring; its absence costs memory, not correctness, so it is a warning (once per process)."""
-    try:
-        from ...kernels import attention
-    except ImportError as error:
-        if error.name != "onnx":
-            raise
-        logger.warning(
-            "SessionSettings.fuse_attention needs the onnx package (pip install onnx); graphs run on the CPU "
-            "provider with attention unfused, which takes more memory at large image sizes"
-        )
-        return None
-    return attention
-
-
-def fused_graph(model: Path, name: str) -> bytes | None:
-    """``model`` with its attention fused into MultiHeadAttention, serialized without its
-    weights (they stay in the original external data file); None when there is nothing to fuse or no pass."""
-    attention = _attention_pass()
-    if attention is None:
-        return None
-    import onnx  # present: the pass imports it
-
-    try:
-        graph = onnx.load(str(model), load_external_data=False)
-    except Exception as error:  # ONNX Runtime then reads the file itself and says what is wrong with it
-        logger.debug("%s: not fusing attention, onnx could not read %s: %s", name, model, error)
-        return None
-    try:
-        fused, count = attention.fuse_attention(graph)
-    except Exception as error:  # a failing pass must not stop the graph from running; unfused is always correct
-        logger.warning(
-            "%s: attention fusion failed (%s: %s); running the graph unfused", name, type(error).__name__, error
-        )
-        return None
-    if not count:
-        return None
-    logger.info("%s: %d attention blocks fused into MultiHeadAttention", name, count)
-    return fused.SerializeToString()
-
-
-def _start_cache_entry(folder: Path, options: onnxruntime.SessionOptions) -> Path | None:
-    """Ask ONNX Runtime to write the optimized graph, with its weights prepacked, into a staging folder."""
-    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir(parents=True)
-    except OSError as error:
-        logger.warning("graph cache %s is not writable (%s); continuing without it", folder.parent, error)
-        return None
-    options.optimized_model_filepath = str(staging / MODEL_FILE)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHE_DATA_FILE)
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
-    return staging
-
-
-def _finish_cache_entry(staging: Path, folder: Path, model: Path) -> None:
-    """Publish the staging folder under its key (all or nothing; another process may have won the race), and drop
-    entries made for earlier versions of the same graph file, so re-exports do not fill the cache."""
-    source = str(model.resolve())
-    try:
-        if (staging / MODEL_FILE).is_file() and not folder.exists():
-            (staging / CACHE_SOURCE_FILE).write_text(json.dumps({"model": source}) + "\n")
-            staging.rename(folder)
-            for entry in folder.parent.glob(folder.name.rsplit("-", 1)[0] + "-*"):
-                if entry != folder and _cache_source(entry) == source:
-                    shutil.rmtree(entry, ignore_errors=True)
-            return
-    except OSError as error:
-        logger.warning("could not store the optimized graph in %s: %s", folder, error)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _cache_source(entry: Path) -> str | None:
-    try:
-        return json.loads((entry / CACHE_SOURCE_FILE).read_text()).get("model")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 class OrtEngine:
     """One ONNX graph in one ONNX Runtime session; implements :class:`~diffrt.runtime.engines.Engine`.
 
@@ -354,10 +181,10 @@ class OrtEngine:
         requested = self.requested_provider = resolve_provider(provider, owner=self.name)
         self.precision: str = precision_for(self.settings.precision, requested, self.name)
         if requested == CUDA:
-            why = cuda_unavailable(self.settings.device_id)
+            why = ort_cuda.cuda_unavailable(self.settings.device_id)
             if why:
                 raise BackendUnavailable(f"provider={provider!r} for {self.name} cannot run here: {why}.")
-            _preload_cuda_libraries()
+            ort_cuda.preload_cuda_libraries()
         elif self.settings.cuda_graph:
             raise ConfigError(f"cuda_graph=True for {self.name} needs a GPU provider; {requested} has no CUDA graphs.")
         self._scratch: tempfile.TemporaryDirectory | None = None  # an uncached fp16 graph lives here
@@ -373,7 +200,7 @@ class OrtEngine:
             )
         self.inputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_inputs()}
         self.outputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_outputs()}
-        self._device = _DeviceRunner(self) if requested == CUDA else None
+        self._device = ort_cuda.DeviceRunner(self) if requested == CUDA else None
 
     def _graph_for(self, provider: str) -> str | bytes:
         """What the session is built from: the graph's path, its fused form as bytes (weights read from the
@@ -381,7 +208,7 @@ class OrtEngine:
         if provider == CUDA and self.precision == "fp16":
             return str(self._fp16_graph())
         if provider in (CPU, CUDA) and self.settings.fuse_attention:
-            fused = fused_graph(self.model_path, self.name)
+            fused = graph_cache.fused_graph(self.model_path, self.name)
             if fused is not None:
                 # The fused graph (node edits only, ~1 MB for SD1.5) goes to ONNX Runtime as bytes, told to read the
                 # weights from the original graph's folder. Written to a file it would need its data beside it:
@@ -394,47 +221,10 @@ class OrtEngine:
 
     def _fp16_graph(self) -> Path:
         """The graph converted to fp16 (attention fused first), from the cache or made now (once per graph)."""
-        try:
-            from ...kernels import fp16
-        except ImportError as error:
-            if error.name != "onnx":
-                raise
-            raise BackendUnavailable(
-                f"precision='fp16' for {self.name} converts the graph with the onnx package, which is not installed; "
-                "pip install 'diffrt[gpu]' (it brings onnx), or give SessionSettings(precision='fp32')."
-            ) from error
-        fuse = self.settings.fuse_attention and _attention_pass() is not None
-        folder = converted_graph_folder(self.model_path, self.settings, str(fp16.PASS_VERSION), fuse)
-        if folder is not None and (folder / MODEL_FILE).is_file():
-            logger.debug("%s: fp16 graph from the cache %s", self.name, folder)
-            return folder / MODEL_FILE
-        staging = None
-        if folder is not None:
-            staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-            try:
-                staging.mkdir(parents=True)
-            except OSError as error:
-                logger.warning("graph cache %s is not writable (%s); converting without it", folder.parent, error)
-                staging = None
-        if staging is None:  # a temporary folder, removed with the engine (the session holds the weights)
-            self._scratch = tempfile.TemporaryDirectory(prefix=f"diffrt-{self.name}-fp16-")
-            staging = Path(self._scratch.name)
-        try:
-            report = convert_graph_to_fp16(self.model_path, staging / MODEL_FILE, fuse)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        logger.info("%s: converted to fp16 for %s (%s)", self.name, CUDA, report)
-        if self._scratch is not None and staging == Path(self._scratch.name):
-            return staging / MODEL_FILE
-        _finish_cache_entry(staging, folder, self.model_path)
-        if (folder / MODEL_FILE).is_file():
-            return folder / MODEL_FILE
-        # Publishing failed (and removed the staging folder): convert again into a temporary folder.
-        self._scratch = tempfile.TemporaryDirectory(prefix=f"diffrt-{self.name}-fp16-")
-        target = Path(self._scratch.name) / MODEL_FILE
-        convert_graph_to_fp16(self.model_path, target, fuse)
-        return target
+        graph, scratch = ort_cuda.fp16_graph(self.model_path, self.name, self.settings)
+        if scratch is not None:
+            self._scratch = scratch
+        return graph
 
     def cuda_provider_options(self, **extra: str) -> dict[str, str]:
         options = {"device_id": str(self.settings.device_id)}
@@ -451,7 +241,7 @@ class OrtEngine:
         elif provider != CPU:
             providers = [provider, CPU]
         graph = self._graph_file
-        self.cached_graph = cached_graph_folder(self.model_path, provider, self.settings)
+        self.cached_graph = graph_cache.cached_graph_folder(self.model_path, provider, self.settings)
         if self.cached_graph is not None and (self.cached_graph / MODEL_FILE).is_file():
             session = self._open_cached(providers)
             if session is not None:
@@ -463,7 +253,7 @@ class OrtEngine:
             options.add_session_config_entry(EXTERNAL_DATA_FOLDER_KEY, str(self.model_path.parent.resolve()))
         staging = None
         if self.cached_graph is not None:
-            staging = _start_cache_entry(self.cached_graph, options)
+            staging = graph_cache.start_entry(self.cached_graph, options)
         try:
             session = onnxruntime.InferenceSession(graph, sess_options=options, providers=providers, enable_fallback=0)
         except LOAD_ERRORS as error:
@@ -472,7 +262,7 @@ class OrtEngine:
             ) from error
         finally:
             if staging is not None:
-                _finish_cache_entry(staging, self.cached_graph, self.model_path)
+                graph_cache.publish_entry(staging, self.cached_graph, self.model_path)
         return session
 
     def _open_cached(self, providers: list) -> onnxruntime.InferenceSession | None:
@@ -521,139 +311,3 @@ class OrtEngine:
         inputs = ", ".join(str(info) for info in self.inputs.values())
         outputs = ", ".join(str(info) for info in self.outputs.values())
         return f"OrtEngine(name={self.name!r}, provider={self.provider!r}, inputs=[{inputs}], outputs=[{outputs}])"
-
-
-def convert_graph_to_fp16(model: Path, target: Path, fuse: bool) -> str:
-    """Write ``model`` converted to fp16 (attention fused first when ``fuse``) to ``target``, its weights in
-    ``model.onnx.data`` beside it; return a one-line account of what changed."""
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
-
-    from ...kernels import fp16
-
-    graph = onnx.load(str(model), load_external_data=False)
-    fused = 0
-    if fuse:  # on the structure only: the pass edits nodes and never reads weights
-        graph, fused = _attention_pass().fuse_attention(graph)
-    load_external_data_for_model(graph, str(model.parent))
-    converted, report = fp16.convert_to_fp16(graph)
-    del graph
-    onnx.save_model(
-        converted,
-        str(target),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=CACHE_DATA_FILE,
-        size_threshold=1024,
-    )
-    return f"{fused} attention blocks fused; {report}"
-
-
-class _DeviceRunner:
-    """Runs a CUDA engine through I/O binding: for each input shape, device buffers for every input and output are
-    allocated once and bound; a run copies the inputs into them, runs, and copies the requested outputs back.
-
-    Outputs whose shape does not follow from the inputs' symbolic dimensions are allocated by ONNX Runtime per run.
-    With ``cuda_graph`` each shape gets a session of its own, built with that shape fixed (so shape arithmetic is
-    folded away and every node runs on the GPU) and CUDA graph capture on; its buffers never move, as replay needs.
-    Runs are serialised by a lock: a binding is state, and the GPU runs one network at a time anyway.
-    """
-
-    def __init__(self, engine: OrtEngine, device: str = "cuda") -> None:
-        self.engine = engine
-        self.device = device  # ONNX Runtime's device name for the buffers ("cpu" lets tests run the logic anywhere)
-        self._lock = threading.Lock()
-        self._bindings: dict[tuple, _Binding] = {}
-        self._plain = False  # set if binding failed: plain session.run from then on (not with cuda_graph)
-
-    def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-        if self._plain:
-            return self.engine.session.run(names, feeds)
-        signature = tuple((name, array.shape) for name, array in feeds.items())
-        with self._lock:
-            binding = self._bindings.get(signature)
-            if binding is not None:
-                return binding.run(feeds, names)
-            try:
-                binding = self._bind(feeds)
-                results = binding.run(feeds, names)
-            except ConfigError:
-                raise
-            except Exception as error:  # an onnxruntime build whose binding API misbehaves must still run
-                if self.engine.settings.cuda_graph:
-                    raise ConfigError(
-                        f"cuda_graph=True for {self.engine.name}: ONNX Runtime could not capture a CUDA graph of it "
-                        f"({error}); give cuda_graph=False."
-                    ) from error
-                logger.warning(
-                    "%s: I/O binding failed (%s: %s); running without it", self.engine.name, type(error).__name__, error
-                )
-                self._plain = True
-                return self.engine.session.run(names, feeds)
-            self._bindings[signature] = binding
-            return results
-
-    def _bind(self, feeds: dict[str, np.ndarray]) -> _Binding:
-        engine = self.engine
-        dims: dict[str, int] = {}
-        for name, info in engine.inputs.items():
-            for dim, size in zip(info.shape, feeds[name].shape):
-                if isinstance(dim, str):
-                    dims.setdefault(dim, size)
-        shapes = {
-            name: None
-            if any(not isinstance(d, int) and d not in dims for d in info.shape)
-            else tuple(d if isinstance(d, int) else dims[d] for d in info.shape)
-            for name, info in engine.outputs.items()
-        }
-        session = engine.session
-        if engine.settings.cuda_graph:
-            if any(shape is None for shape in shapes.values()):
-                unknown = [name for name, shape in shapes.items() if shape is None]
-                raise ConfigError(
-                    f"cuda_graph=True for {engine.name}: the shapes of {', '.join(unknown)} do not follow from the "
-                    "inputs' named dimensions, and a CUDA graph needs every buffer fixed; give cuda_graph=False."
-                )
-            session = engine._create_session(CUDA, dimensions=dims, cuda_graph=True)
-            logger.info("%s: session with CUDA graph capture for %s", engine.name, dims)
-        return _Binding(session, feeds, shapes, engine.outputs, self.device, engine.settings.device_id)
-
-
-class _Binding:
-    """Device buffers bound to one session for one set of input shapes."""
-
-    def __init__(
-        self,
-        session: onnxruntime.InferenceSession,
-        feeds: dict[str, np.ndarray],
-        shapes: dict[str, tuple[int, ...] | None],
-        outputs: dict[str, TensorInfo],
-        device: str,
-        device_id: int,
-    ) -> None:
-        self.session = session
-        self.binding = session.io_binding()
-        self.inputs: dict[str, onnxruntime.OrtValue] = {}
-        for name, array in feeds.items():
-            value = onnxruntime.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, device, device_id)
-            self.binding.bind_ortvalue_input(name, value)
-            self.inputs[name] = value
-        self.order = list(outputs)
-        self.fixed: dict[str, onnxruntime.OrtValue] = {}
-        for name, info in outputs.items():
-            shape = shapes[name]
-            if shape is None:
-                self.binding.bind_output(name, device, device_id)
-            else:
-                value = onnxruntime.OrtValue.ortvalue_from_shape_and_type(shape, info.dtype, device, device_id)
-                self.binding.bind_ortvalue_output(name, value)
-                self.fixed[name] = value
-
-    def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-        for name, array in feeds.items():
-            self.inputs[name].update_inplace(array)
-        self.session.run_with_iobinding(self.binding)
-        if len(self.fixed) == len(self.order):
-            return [self.fixed[name].numpy() for name in names]
-        values = dict(zip(self.order, self.binding.get_outputs()))
-        return [values[name].numpy() for name in names]

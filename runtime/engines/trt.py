@@ -1,7 +1,7 @@
 """The TensorRT backend: build plans from a package's ONNX graphs, refit them, and run them as engines.
 
 Every ``tensorrt`` call of diffrt is in this module, which imports ``tensorrt`` (10 or later) at its top: import it
-through :func:`diffrt.runtime.engines.trt_plans.trt_backend`, which reports a missing TensorRT as
+through :func:`diffrt.runtime.engines.choice.trt_backend`, which reports a missing TensorRT as
 BackendUnavailable. Where plans live, their keys and which one fits are :mod:`.trt_plans`' business (pure Python);
 device memory, streams and CUDA graphs are :mod:`.cuda`'s (the driver API through ctypes).
 
@@ -26,7 +26,8 @@ import numpy as np
 import tensorrt as trt
 
 from ..errors import BackendUnavailable, ConfigError, DiffrtError, PackageError
-from . import SessionSettings, TensorInfo, cuda, prepare_feeds, select_outputs, trt_plans
+from . import cuda, trt_plans
+from .base import SessionSettings, TensorInfo, logger, prepare_feeds, select_outputs
 from .trt_plans import PlanMetadata, Profile
 
 TRT_VERSION: str = str(trt.__version__)
@@ -36,8 +37,6 @@ if int(TRT_VERSION.split(".")[0]) < 10:
     raise BackendUnavailable(
         f"TensorRT {TRT_VERSION} is installed; diffrt needs TensorRT 10 or later (pip install 'tensorrt>=10')."
     )
-
-logger = logging.getLogger("diffrt.engines")
 
 __all__ = [
     "PROVIDER",

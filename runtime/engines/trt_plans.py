@@ -12,26 +12,25 @@ The key is the SHA-256 of: the content of the ONNX graph and its external data, 
 compute capability, the optimization profile (min/opt/max shape of every input), the precision and whether the plan
 is refittable. A plan whose key does not match what is on disk now is never loaded: :func:`select_plan` says why.
 
-This module is pure Python (no tensorrt, no CUDA) so it can be used and tested anywhere; :func:`trt_backend` imports
-the TensorRT backend itself and turns its absence into :class:`~diffrt.runtime.errors.BackendUnavailable`.
+This module is pure Python (no tensorrt, no CUDA) so it can be used and tested anywhere; the TensorRT backend
+itself (:mod:`.trt`) is imported through :func:`~diffrt.runtime.engines.choice.trt_backend`. Plans, timing caches
+and the hash memo are written whole or not at all (:mod:`diffrt.staging`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from ..errors import BackendUnavailable, ConfigError, PackageError
+from ...staging import flush_to_disk, staged_file, write_file
+from ..errors import ConfigError, PackageError
 from ..networks import (
     Network,
     ShapeRange,
@@ -44,20 +43,15 @@ from ..networks import (
     vae_encoder_network,
     vae_scale_factor,
 )
+from ..schema import ENGINES_DIR, INDEX_NAME, MODEL_FILE, NETWORKS, PROVENANCE_NAME
+from .base import logger
 
-logger = logging.getLogger("diffrt.engines")
-
-ENGINES_DIR = "engines"
 PLAN_SUFFIX = ".plan"
 METADATA_SUFFIX = ".json"
 TIMING_CACHE = "timing.cache"
 HASHES_FILE = "hashes.json"
-MODEL_FILE = "model.onnx"
-INDEX_FILE = "model_index.json"
-PROVENANCE_FILE = "diffrt.json"
 METADATA_FORMAT = 1
 BUILD_PRECISIONS = ("fp32", "fp16", "bf16")
-NETWORK_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder", "depth_estimator")
 _CHUNK = 8 << 20
 
 Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -80,7 +74,6 @@ __all__ = [
     "resolve_precision",
     "select_plan",
     "shape_range_for",
-    "trt_backend",
     "write_plan",
 ]
 
@@ -112,7 +105,7 @@ def package_root(model_path: str | os.PathLike) -> Path | None:
     path = Path(model_path)
     folder = path.parent if path.suffix == ".onnx" else path
     root = folder.parent
-    return root if (root / INDEX_FILE).is_file() else None
+    return root if (root / INDEX_NAME).is_file() else None
 
 
 def _model(package: Path, name: str) -> Path:
@@ -122,7 +115,7 @@ def _model(package: Path, name: str) -> Path:
 def package_networks(package: str | os.PathLike) -> list[str]:
     """The networks of a package that have a graph, in build order."""
     package = Path(package)
-    return [name for name in NETWORK_NAMES if _model(package, name).is_file()]
+    return [name for name in NETWORKS if _model(package, name).is_file()]
 
 
 # ----- content hashes ---------------------------------------------------------------------------------------------
@@ -197,7 +190,7 @@ class _HashMemo:
         if not (self.dirty and self.path is not None and self.path.parent.is_dir()):
             return
         try:
-            _atomic_write(self.path, (json.dumps({"format": 1, "files": self.entries}, indent=1) + "\n").encode())
+            write_file(self.path, (json.dumps({"format": 1, "files": self.entries}, indent=1) + "\n").encode())
             self.dirty = False
         except OSError as error:
             logger.debug("could not write the hash memo %s: %s", self.path, error)
@@ -328,20 +321,6 @@ def read_metadata(path: Path) -> PlanMetadata:
         raise PackageError(f"{path} is not readable plan metadata ({error}); build the plan again.") from None
 
 
-def _atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, flushed, then renamed over it."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_plan(folder: Path, name: str, plan: bytes | memoryview, metadata: PlanMetadata) -> Path:
     """Store a plan and its metadata so that no reader ever sees a plan with another plan's metadata.
 
@@ -349,31 +328,21 @@ def write_plan(folder: Path, name: str, plan: bytes | memoryview, metadata: Plan
     plan renamed into place, and the metadata last: a crash at any point leaves the old pair, no loadable plan, or
     the new pair. ``plan_bytes`` is filled in from ``plan``.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     plan_path, meta_path = plan_files(folder, name)
     view = memoryview(plan).cast("B")
     metadata = replace(metadata, plan_bytes=view.nbytes, key=metadata.expected_key())
-    suffix = uuid.uuid4().hex[:8]
-    plan_tmp = folder / f".{plan_path.name}.{suffix}.tmp"
-    meta_tmp = folder / f".{meta_path.name}.{suffix}.tmp"
-    try:
-        for target, data in ((plan_tmp, view), (meta_tmp, (json.dumps(metadata.to_json(), indent=2) + "\n").encode())):
-            with open(target, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+    # The blocks close in reverse order: the plan is renamed into place first, its metadata last.
+    with staged_file(meta_path) as meta_tmp, staged_file(plan_path) as plan_tmp:
+        plan_tmp.write_bytes(view)
+        meta_tmp.write_bytes((json.dumps(metadata.to_json(), indent=2) + "\n").encode())
+        flush_to_disk(plan_tmp)  # on disk before the old metadata goes: no plan loads only between two renames
+        flush_to_disk(meta_tmp)
         meta_path.unlink(missing_ok=True)
-        os.replace(plan_tmp, plan_path)
-        os.replace(meta_tmp, meta_path)
-    finally:
-        plan_tmp.unlink(missing_ok=True)
-        meta_tmp.unlink(missing_ok=True)
     return plan_path
 
 
 def write_timing_cache(folder: Path, data: bytes | memoryview) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / TIMING_CACHE, data)
+    write_file(folder / TIMING_CACHE, data)
 
 
 def now() -> str:
@@ -399,8 +368,8 @@ def _config(package: Path, component: str) -> dict[str, Any]:
 def network_for(package: str | os.PathLike, name: str) -> Network:
     """The shape contract of network ``name`` of a package, from the component configs the package carries."""
     package = Path(package)
-    if name not in NETWORK_NAMES:
-        raise ConfigError(f"network {name!r} is not one diffrt builds; accepted: {', '.join(NETWORK_NAMES)}.")
+    if name not in NETWORKS:
+        raise ConfigError(f"network {name!r} is not one diffrt builds; accepted: {', '.join(NETWORKS)}.")
     if not _model(package, name).is_file():
         held = ", ".join(package_networks(package)) or "none"
         raise PackageError(f"engine package {str(package)!r} has no {name}/{MODEL_FILE}; it holds: {held}.")
@@ -440,7 +409,7 @@ def shape_range_for(
     """The package's shape range (``diffrt.json``; diffrt's default for packages exported elsewhere), with the
     given (min, opt, max) overrides. A package exported at a fixed size keeps it: other sizes are refused."""
     package = Path(package)
-    provenance = package / PROVENANCE_FILE
+    provenance = package / PROVENANCE_NAME
     data = _read_json(provenance) if provenance.is_file() else {}
     try:
         base = ShapeRange.from_json(data["shape_range"]) if "shape_range" in data else ShapeRange()
@@ -559,7 +528,7 @@ def select_plan(
     if package is None:
         return PlanSelection(
             "missing",
-            f"{model} is not in an engine package (no {INDEX_FILE} beside its folder), where plans are kept",
+            f"{model} is not in an engine package (no {INDEX_NAME} beside its folder), where plans are kept",
             "diffrt export CHECKPOINT PACKAGE",
         )
     build = f"diffrt engines build {package}"
@@ -651,26 +620,3 @@ def inspect_plans(package: str | os.PathLike) -> list[PlanInfo]:
                 selection = PlanSelection("stale", f"the package has no {name}/{MODEL_FILE} any more", "")
             found.append(PlanInfo(folder.name, name, selection.state, selection.reason, meta))
     return found
-
-
-# ----- the backend ------------------------------------------------------------------------------------------------
-_TENSORRT_MODULES = ("tensorrt", "tensorrt_libs", "tensorrt_bindings", "tensorrt_lean", "tensorrt_dispatch")
-
-
-def trt_backend() -> ModuleType:
-    """The TensorRT backend module (:mod:`diffrt.runtime.engines.trt`); BackendUnavailable when the ``tensorrt``
-    package is not installed or its libraries do not load. Other import errors propagate unchanged."""
-    try:
-        from . import trt
-    except ImportError as error:
-        if error.name is not None and error.name.split(".")[0] not in _TENSORRT_MODULES:
-            raise
-        raise BackendUnavailable(
-            f"TensorRT is not installed ({error}); install it with `pip install 'diffrt[trt]'` (tensorrt>=10) on a "
-            "machine with an NVIDIA GPU, or use the ONNX Runtime providers ('cuda', 'cpu')."
-        ) from error
-    except OSError as error:
-        raise BackendUnavailable(
-            f"TensorRT's libraries could not be loaded ({error}); reinstall tensorrt>=10 for this CUDA version."
-        ) from error
-    return trt

@@ -14,10 +14,9 @@ import pytest
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from diffrt.runtime.engines import SessionSettings, load_engine  # noqa: E402
-from diffrt.runtime.engines import ort as ort_backend  # noqa: E402
+from diffrt.runtime.engines import SessionSettings, load_engine, ort_cuda  # noqa: E402
 
-WHY_NOT = ort_backend.cuda_unavailable(0)
+WHY_NOT = ort_cuda.cuda_unavailable(0)
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(WHY_NOT is not None, reason=f"no ONNX Runtime CUDA: {WHY_NOT}")]
 
 from diffrt.runtime.pipelines import (  # noqa: E402

@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("tensorrt")
 
 from diffrt import cli  # noqa: E402
-from diffrt.runtime import engines_cli  # noqa: E402
-from diffrt.runtime.engines import SessionSettings, cuda, trt_plans  # noqa: E402
+from diffrt.runtime.engines import SessionSettings, choice, cuda, trt_plans  # noqa: E402
+from diffrt.runtime.engines import cli as engines_cli  # noqa: E402
 from diffrt.runtime.engines.ort import OrtEngine  # noqa: E402
 
 USABLE, REASON = cuda.driver_status()
@@ -46,7 +46,7 @@ def sizes(package: Path) -> list[tuple[int, int, int]]:
 
 
 def compare(package: Path, name: str, settings: SessionSettings, tolerance: float, seed: int = 0) -> None:
-    backend = trt_plans.trt_backend()
+    backend = choice.trt_backend()
     engine = backend.open_engine(package / name / "model.onnx", name, settings)
     reference = OrtEngine(package / name, "cpu", SessionSettings(cache_dir=None))
     network = trt_plans.network_for(package, name)
@@ -81,7 +81,7 @@ def test_fp16_unet_plan_is_close_to_onnx_runtime(sd1, engines_command):
 
 def test_cuda_graph_replays_give_the_plain_results(sd1, engines_command):
     assert engines_command("build", sd1, "--networks", "unet", "--precision", "fp32") == 0
-    backend = trt_plans.trt_backend()
+    backend = choice.trt_backend()
     model = sd1 / "unet" / "model.onnx"
     plain = backend.open_engine(model, "unet", SessionSettings())
     graphed = backend.open_engine(model, "unet", SessionSettings(cuda_graph=True))
@@ -100,7 +100,7 @@ def test_a_refittable_plan_takes_rewritten_weights(sd1, engines_command, capsys)
             array = onnx.numpy_helper.to_array(weight) * np.float32(1.1)
             weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
     onnx.save(graph, str(model))
-    backend = trt_plans.trt_backend()
+    backend = choice.trt_backend()
     device = cuda.device(0)
     assert trt_plans.select_plan(model, backend.TRT_VERSION, device.compute_capability).state == "stale"
     assert engines_command("refit", sd1, "--networks", "unet") == 0

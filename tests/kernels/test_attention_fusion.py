@@ -12,8 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from diffrt.kernels.attention import MS_DOMAIN, fuse_attention
-from diffrt.runtime.engines import SessionSettings, load_engine
-from diffrt.runtime.engines import ort as ort_backend
+from diffrt.runtime.engines import SessionSettings, graph_cache, load_engine
 from diffrt.runtime.errors import ConfigError
 
 KINDS = ("sd1", "sd2", "inpaint", "depth", "ddpm")
@@ -353,12 +352,12 @@ def test_the_engine_gives_the_same_outputs_fused_or_not_and_caches_the_fused_gra
 
 def test_without_the_onnx_package_the_engine_runs_unfused_under_the_unfused_key(external_unet, tmp_path, monkeypatch):
     settings = SessionSettings(cache_dir=tmp_path)
-    fused_key = ort_backend.cached_graph_folder(external_unet / "model.onnx", ort_backend.CPU, settings)
-    monkeypatch.setattr(ort_backend, "_attention_pass", lambda: None)
+    fused_key = graph_cache.cached_graph_folder(external_unet / "model.onnx", graph_cache.CPU, settings)
+    monkeypatch.setattr(graph_cache, "attention_pass", lambda: None)
     engine = load_engine(external_unet, "cpu", settings)
     unfused = SessionSettings(cache_dir=tmp_path, fuse_attention=False)
-    assert engine.cached_graph == ort_backend.cached_graph_folder(
-        external_unet / "model.onnx", ort_backend.CPU, unfused
+    assert engine.cached_graph == graph_cache.cached_graph_folder(
+        external_unet / "model.onnx", graph_cache.CPU, unfused
     )
     assert engine.cached_graph != fused_key and "MultiHeadAttention" not in cached_ops(engine)
 

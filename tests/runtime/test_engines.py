@@ -16,8 +16,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from diffrt.runtime.engines import Engine, SessionSettings, TensorInfo, load_engine, usable_cores
-from diffrt.runtime.engines import ort as ort_backend
+from diffrt.runtime.engines import Engine, SessionSettings, TensorInfo, load_engine, ort_cuda, usable_cores
 from diffrt.runtime.engines.ort import OrtEngine
 from diffrt.runtime.errors import BackendUnavailable, ConfigError, PackageError
 
@@ -219,7 +218,7 @@ def test_a_provider_that_is_offered_but_does_not_start(affine_dir, monkeypatch, 
     monkeypatch.setattr(
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    monkeypatch.setattr(ort_backend, "cuda_unavailable", lambda device_id=0: None)
+    monkeypatch.setattr(ort_cuda, "cuda_unavailable", lambda device_id=0: None)
     fp32 = SessionSettings(precision="fp32")  # the fp16 conversion is the GPU tests' subject
     with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
         with pytest.raises(
@@ -454,7 +453,7 @@ def test_device_binding_logic_gives_the_plain_results_and_one_binding_per_shape(
     # The CUDA engine's I/O binding (buffers per input shape, scalar timestep, outputs sized from the inputs' named
     # dimensions) with CPU buffers: the same code the GPU runs, short of the device.
     engine = load_engine(packages["sd1"] / "unet", "cpu")
-    runner = ort_backend._DeviceRunner(engine, device="cpu")
+    runner = ort_cuda.DeviceRunner(engine, device="cpu")
     rng = np.random.default_rng(0)
     width = engine.inputs["encoder_hidden_states"].shape[-1]
 
@@ -478,7 +477,7 @@ def test_device_binding_logic_gives_the_plain_results_and_one_binding_per_shape(
 def test_device_binding_lets_the_runtime_size_outputs_it_cannot_infer(packages):
     # The VAE decoder's output is in pixels ("height"), which no input names: ONNX Runtime allocates it per run.
     engine = load_engine(packages["sd1"] / "vae_decoder", "cpu")
-    runner = ort_backend._DeviceRunner(engine, device="cpu")
+    runner = ort_cuda.DeviceRunner(engine, device="cpu")
     latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
     (image,) = runner.run({"latent_sample": latents}, ["sample"])
     np.testing.assert_allclose(image, engine.session.run(["sample"], {"latent_sample": latents})[0], atol=1e-6)
@@ -488,7 +487,7 @@ def test_device_binding_lets_the_runtime_size_outputs_it_cannot_infer(packages):
 def test_fp16_conversion_of_a_package_graph_writes_a_loadable_fused_half_graph(packages, tmp_path):
     source = packages["sd1"] / "unet" / "model.onnx"
     target = tmp_path / "model.onnx"
-    report = ort_backend.convert_graph_to_fp16(source, target, fuse=True)
+    report = ort_cuda.convert_graph_to_fp16(source, target, fuse=True)
     fused = sum(node.op_type == "Softmax" for node in onnx.load(str(source), load_external_data=False).graph.node)
     assert report.startswith(f"{fused} attention blocks fused;") and fused > 0
     converted = onnx.load(str(target))

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
-
 from concurrency import assert_concurrent_calls_match_calls_alone
 
 from diffrt.runtime import PackageError

@@ -430,8 +430,14 @@ def test_concurrent_sdxl_text_to_image_calls_with_different_settings_each_match_
             generator=2,
         ),
         dict(prompt="a green tree", guidance_scale=1.0, num_inference_steps=4, height=40, width=24, generator=3),
-        dict(prompt=["a cat", "a dog"], guidance_scale=4.0, clip_skip=1, original_size=(64, 48), generator=4,
-             num_inference_steps=2),
+        dict(
+            prompt=["a cat", "a dog"],
+            guidance_scale=4.0,
+            clip_skip=1,
+            original_size=(64, 48),
+            generator=4,
+            num_inference_steps=2,
+        ),
     ]
     assert_concurrent_calls_match_calls_alone(ancestral_pipe(sdxl_packages, "StableDiffusionXLPipeline"), jobs)
 
@@ -440,11 +446,19 @@ def test_concurrent_sdxl_refiner_calls_with_different_settings_each_match_the_ca
     latents = np.random.default_rng(3).standard_normal((1, 4, 16, 24), dtype=np.float32)
     jobs = [
         dict(prompt=PROMPT, image=latents, denoising_start=0.5, guidance_scale=3.0, num_inference_steps=4),
-        dict(prompt=PROMPT, image=latents, denoising_start=0.8, guidance_scale=8.0, num_inference_steps=6,
-             negative_prompt="blurry", aesthetic_score=7.5),
+        dict(
+            prompt=PROMPT,
+            image=latents,
+            denoising_start=0.8,
+            guidance_scale=8.0,
+            num_inference_steps=6,
+            negative_prompt="blurry",
+            aesthetic_score=7.5,
+        ),
         dict(prompt="a red cube", image=make_image(2), strength=0.7, guidance_scale=1.0, num_inference_steps=3),
-        dict(prompt="a red cube", image=make_image(3, 40, 24), strength=0.9, guidance_rescale=0.5,
-             num_inference_steps=4),
+        dict(
+            prompt="a red cube", image=make_image(3, 40, 24), strength=0.9, guidance_rescale=0.5, num_inference_steps=4
+        ),
     ]
     jobs = [{**job, "generator": seed} for seed, job in enumerate(jobs, start=30)]
     pipe = ancestral_pipe(sdxl_packages, "StableDiffusionXLImg2ImgPipeline", "sdxl_refiner")
@@ -456,10 +470,24 @@ def test_concurrent_sdxl_inpainting_calls_with_different_settings_each_match_the
     common = dict(image=make_image(6), mask_image=make_mask(), height=32, width=48)
     jobs = [
         dict(prompt=PROMPT, strength=1.0, guidance_scale=2.0, num_inference_steps=3, **common),
-        dict(prompt="a red cube", negative_prompt="grey", strength=0.7, guidance_scale=8.0, guidance_rescale=0.4,
-             num_inference_steps=5, denoising_end=0.8, **common),
-        dict(prompt="a green tree", image=make_image(7, 32, 32), mask_image=make_mask(32, 32), strength=0.8,
-             guidance_scale=1.0, num_inference_steps=4),
+        dict(
+            prompt="a red cube",
+            negative_prompt="grey",
+            strength=0.7,
+            guidance_scale=8.0,
+            guidance_rescale=0.4,
+            num_inference_steps=5,
+            denoising_end=0.8,
+            **common,
+        ),
+        dict(
+            prompt="a green tree",
+            image=make_image(7, 32, 32),
+            mask_image=make_mask(32, 32),
+            strength=0.8,
+            guidance_scale=1.0,
+            num_inference_steps=4,
+        ),
     ]
     jobs = [{**job, "generator": seed} for seed, job in enumerate(jobs, start=40)]
     pipe = ancestral_pipe(sdxl_packages, "StableDiffusionXLInpaintPipeline", kind)

@@ -14,8 +14,9 @@ import onnx
 import pytest
 
 from diffrt import cli
-from diffrt.runtime import engines_cli, networks
-from diffrt.runtime.engines import cuda, trt_plans
+from diffrt.runtime import networks
+from diffrt.runtime.engines import choice, cuda, trt_plans
+from diffrt.runtime.engines import cli as engines_cli
 from diffrt.runtime.engines.trt_plans import PlanMetadata
 from diffrt.runtime.errors import BackendUnavailable, ConfigError, PackageError
 from diffrt.runtime.networks import ShapeRange
@@ -348,7 +349,7 @@ def test_a_failed_write_leaves_no_plan_that_could_load_with_the_wrong_metadata(t
     with pytest.raises(OSError, match="disk full"):
         store_plan(package, plan=b"new plan, different size", precision="fp32")
     folder = trt_plans.plan_folder(package, CC, TRT)
-    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staged temporary file left behind
     selection = trt_plans.select_plan(model, TRT, CC)
     assert not selection.ok and selection.plan is None
 
@@ -442,7 +443,7 @@ def test_package_root_and_networks(packages, tmp_path):
 # ----- without TensorRT, without a GPU ----------------------------------------------------------------------------
 def test_the_backend_import_reports_a_missing_tensorrt(no_tensorrt):
     with pytest.raises(BackendUnavailable) as error:
-        trt_plans.trt_backend()
+        choice.trt_backend()
     assert "TensorRT is not installed" in str(error.value) and "diffrt[trt]" in str(error.value)
 
 

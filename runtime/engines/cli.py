@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailable, ConfigError, DiffrtError, PackageError
-from ..units import human_bytes
+from ...units import human_bytes
+from ..errors import BackendUnavailable, ConfigError, DiffrtError, PackageError
+from ..schema import INDEX_NAME, MODEL_FILE
+from . import cuda, trt_plans
+from .choice import trt_backend
 
 
 def parse_range(text: str) -> tuple[int, int, int]:
@@ -94,10 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 # ----- shared -----------------------------------------------------------------------------------------------------
 def _package(path: Path) -> Path:
-    from .engines import trt_plans
-
-    if not (path / trt_plans.INDEX_FILE).is_file():
-        what = "does not exist" if not path.exists() else f"has no {trt_plans.INDEX_FILE}"
+    if not (path / INDEX_NAME).is_file():
+        what = "does not exist" if not path.exists() else f"has no {INDEX_NAME}"
         raise PackageError(
             f"engine package {str(path)!r} {what}; give a folder written by `diffrt export` (or Optimum's exporter)."
         )
@@ -105,8 +106,6 @@ def _package(path: Path) -> Path:
 
 
 def _networks(package: Path, requested: list[str] | None) -> list[str]:
-    from .engines import trt_plans
-
     present = trt_plans.package_networks(package)
     if not present:
         raise PackageError(f"engine package {str(package)!r} holds no network graphs (no */model.onnx).")
@@ -126,8 +125,6 @@ def _say(text: str) -> None:
 
 # ----- build ------------------------------------------------------------------------------------------------------
 def _build(args: argparse.Namespace) -> int:
-    from .engines import trt_plans
-
     package = _package(args.package)
     names = _networks(package, args.networks)
     shape_range = trt_plans.shape_range_for(package, args.batch, args.height, args.width)
@@ -135,14 +132,14 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workspace-gb {args.workspace_gb} is not accepted; give a positive number of GB.")
     # Shape contracts first: a package that cannot be built is refused before TensorRT or the GPU are touched.
     profiles = {name: trt_plans.build_profile(trt_plans.network_for(package, name), shape_range) for name in names}
-    backend = trt_plans.trt_backend()
+    backend = trt_backend()
     device = backend.require_device(args.device)
     precision = backend.resolve_precision(args.precision, device)
     folder = trt_plans.plan_folder(package, device.compute_capability, backend.TRT_VERSION)
     workspace = None if args.workspace_gb is None else int(args.workspace_gb * (1 << 30))
     _say(f"TensorRT {backend.TRT_VERSION} on {device}: {precision} plans in {folder}")
     for name in names:
-        model = package / name / trt_plans.MODEL_FILE
+        model = package / name / MODEL_FILE
         key = trt_plans.cache_key(
             trt_plans.onnx_digest(model),
             backend.TRT_VERSION,
@@ -173,8 +170,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _is_current(plan_path: Path, meta_path: Path, key: str) -> bool:
-    from .engines import trt_plans
-
     if not (plan_path.is_file() and meta_path.is_file()):
         return False
     try:
@@ -186,14 +181,12 @@ def _is_current(plan_path: Path, meta_path: Path, key: str) -> bool:
 
 # ----- status -----------------------------------------------------------------------------------------------------
 def _status(args: argparse.Namespace) -> int:
-    from .engines import cuda, trt_plans
-
     package = _package(args.package)
     report: dict[str, Any] = {"package": str(package), "tensorrt": None, "gpu": None, "folder": None}
     problems: list[str] = []
     version = None
     try:
-        version = trt_plans.trt_backend().TRT_VERSION
+        version = trt_backend().TRT_VERSION
         report["tensorrt"] = version
     except BackendUnavailable as error:
         problems.append(str(error))
@@ -218,7 +211,7 @@ def _status(args: argparse.Namespace) -> int:
     if version is not None and device is not None:
         report["folder"] = str(trt_plans.plan_folder(package, device.compute_capability, version))
         for name in trt_plans.package_networks(package):
-            model = package / name / trt_plans.MODEL_FILE
+            model = package / name / MODEL_FILE
             selection = trt_plans.select_plan(model, version, device.compute_capability, name=name)
             networks[name] = {"state": selection.state, "reason": selection.reason, "remedy": selection.remedy}
     report["networks"] = networks
@@ -281,11 +274,9 @@ def _print_status(report: dict[str, Any]) -> None:
 
 # ----- refit ------------------------------------------------------------------------------------------------------
 def _refit(args: argparse.Namespace) -> int:
-    from .engines import trt_plans
-
     package = _package(args.package)
     names = _networks(package, args.networks)
-    backend = trt_plans.trt_backend()
+    backend = trt_backend()
     device = backend.require_device(args.device)
     folder = trt_plans.plan_folder(package, device.compute_capability, backend.TRT_VERSION)
     with_plans = [name for name in names if trt_plans.plan_files(folder, name)[0].is_file()]
@@ -296,7 +287,7 @@ def _refit(args: argparse.Namespace) -> int:
         )
     failures = []
     for name in with_plans:
-        model = package / name / trt_plans.MODEL_FILE
+        model = package / name / MODEL_FILE
         selection = trt_plans.select_plan(model, backend.TRT_VERSION, device.compute_capability, name=name)
         if selection.ok:
             _say(f"{name}: current, nothing to refit")

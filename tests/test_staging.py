@@ -1,0 +1,139 @@
+"""Staged writes (diffrt.staging): a reader sees the old content or the new, never a half-written one, and what a
+killed writer leaves behind is cleared without touching a live writer's work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffrt.staging import (
+    HOST,
+    OLD,
+    PARTIAL,
+    publish_folder,
+    remove_abandoned,
+    staged_file,
+    staged_folder,
+    staging_folder,
+    write_file,
+)
+
+OTHER_HOST = "0" * 8 if HOST != "0" * 8 else "1" * 8
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped), so no process runs under it."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_replace_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
+    target = tmp_path / "package"
+    target.mkdir()
+    (target / "model.onnx").write_text("old")
+    with staged_folder(target) as new:
+        (new / "model.onnx").write_text("new")
+        assert (target / "model.onnx").read_text() == "old", "readers see the old folder while the new one is written"
+        assert new.parent == tmp_path and new.name.startswith(f".package{PARTIAL}")
+    assert (target / "model.onnx").read_text() == "new"
+    assert hidden(tmp_path) == []
+
+
+def test_replace_false_keeps_the_folder_of_the_first_writer(tmp_path):
+    target = tmp_path / "entry"
+    with staged_folder(target, replace=False) as first, staged_folder(target, replace=False) as second:
+        (first / "graph").write_text("first")
+        (second / "graph").write_text("second")
+    # ``second`` finished first (its block closed first), so it won and the other copy was dropped.
+    assert (target / "graph").read_text() == "second"
+    assert hidden(tmp_path) == []
+
+
+def test_publish_with_replace_false_reports_whether_it_published(tmp_path):
+    target = tmp_path / "entry"
+    staged = staging_folder(target)
+    assert publish_folder(staged, target, replace=False) is True
+    late = staging_folder(target)
+    (late / "graph").write_text("late")
+    assert publish_folder(late, target, replace=False) is False
+    assert not late.exists() and not (target / "graph").exists()
+
+
+def test_a_failing_block_leaves_nothing_and_keeps_the_old_folder(tmp_path):
+    target = tmp_path / "package"
+    target.mkdir()
+    (target / "model.onnx").write_text("old")
+    with pytest.raises(RuntimeError, match="export failed"), staged_folder(target) as new:
+        (new / "model.onnx").write_text("half")
+        raise RuntimeError("export failed")
+    assert (target / "model.onnx").read_text() == "old"
+    with pytest.raises(RuntimeError), staged_folder(tmp_path / "fresh"):
+        raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["package"]
+
+
+def test_staged_file_writes_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "unet.plan"
+    write_file(target, b"old plan")
+    with staged_file(target) as temporary:
+        temporary.write_bytes(b"new plan, still being written")
+        assert target.read_bytes() == b"old plan"
+    assert target.read_bytes() == b"new plan, still being written"
+    with pytest.raises(OSError, match="disk full"), staged_file(target) as temporary:
+        temporary.write_bytes(b"half")
+        raise OSError("disk full")
+    assert target.read_bytes() == b"new plan, still being written"
+    write_file(tmp_path / "engines" / "timing.cache", memoryview(b"timings"))  # its folder is made
+    assert (tmp_path / "engines" / "timing.cache").read_bytes() == b"timings"
+    assert hidden(tmp_path) == [] and hidden(tmp_path / "engines") == []
+
+
+def test_remove_abandoned_clears_a_dead_writers_staging(tmp_path, dead_pid):
+    (tmp_path / "package").mkdir()
+    folder = tmp_path / f".package{PARTIAL}{dead_pid}-{HOST}-0badf00d"
+    folder.mkdir()
+    (folder / "model.onnx").write_text("half")
+    file = tmp_path / f".package{PARTIAL}{dead_pid}-{HOST}-0badcafe"
+    file.write_bytes(b"half")
+    assert sorted(remove_abandoned(tmp_path, "package")) == sorted([folder, file])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["package"]
+
+
+def test_remove_abandoned_puts_back_a_folder_moved_aside_by_a_writer_killed_mid_replace(tmp_path, dead_pid):
+    aside = tmp_path / f".package{OLD}{dead_pid}-{HOST}-0badf00d"
+    aside.mkdir()
+    (aside / "model.onnx").write_text("old")
+    assert remove_abandoned(tmp_path, "package") == [aside]
+    assert (tmp_path / "package" / "model.onnx").read_text() == "old"
+    again = tmp_path / f".package{OLD}{dead_pid}-{HOST}-0badcafe"  # the target is back: a leftover is removed
+    again.mkdir()
+    assert remove_abandoned(tmp_path, "package") == [again]
+    assert not again.exists() and (tmp_path / "package" / "model.onnx").read_text() == "old"
+
+
+def test_remove_abandoned_never_touches_live_or_foreign_work(tmp_path, dead_pid):
+    with staged_folder(tmp_path / "package") as mine:
+        (mine / "model.onnx").write_text("in progress")
+        other_host = tmp_path / f".package{PARTIAL}{dead_pid}-{OTHER_HOST}-0badf00d"
+        other_host.mkdir()  # a dead pid here may be a live writer on the machine sharing this folder
+        unstamped = tmp_path / f".package{PARTIAL}not-a-pid"
+        unstamped.mkdir()
+        assert remove_abandoned(tmp_path, "package") == []
+        assert (mine / "model.onnx").is_file() and other_host.is_dir() and unstamped.is_dir()
+    assert (tmp_path / "package" / "model.onnx").read_text() == "in progress"
+
+
+def test_a_new_staged_folder_first_clears_what_dead_writers_left(tmp_path, dead_pid):
+    leftover = tmp_path / f".package{PARTIAL}{dead_pid}-{HOST}-0badf00d"
+    leftover.mkdir()
+    with staged_folder(tmp_path / "package") as new:
+        assert not leftover.exists() and new.is_dir()
