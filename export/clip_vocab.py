@@ -16,6 +16,15 @@ from pathlib import Path
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges of the file
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# What a transformers CLIPTextConfig over this vocabulary takes: its size, the ids of BOS and EOS (which pads), and
+# the 77 positions of the tokenizer's model_max_length.
+CLIP_TEXT_TOKENS = {
+    "vocab_size": 49408,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+    "max_position_embeddings": 77,
+}
 
 
 def find_bpe_file() -> Path:

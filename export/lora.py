@@ -38,6 +38,7 @@ import numpy as np
 
 from ..runtime.errors import CheckpointError
 from . import weights
+from .ldm_names import UNetBlocks, resnet_layers
 
 __all__ = ["LORA_FORMATS", "LoraAdapter", "LoraModule", "LoraSpec", "lora_deltas", "read_lora"]
 
@@ -88,24 +89,6 @@ _TEXT_WIDTH_FAMILIES = {768: "Stable Diffusion 1.x", 1024: "Stable Diffusion 2.x
 _SGM_MARKERS = ("input_blocks", "output_blocks", "middle_block")
 # The parameter only SDXL's text_time UNet has among the families diffrt exports.
 _SDXL_UNET_MARKER = "add_embedding.linear_1.weight"
-# Layers outside the down / mid / up blocks, under their LDM names.
-_SGM_TOP_LEVEL = {
-    "conv_in": "input_blocks.0.0",
-    "conv_out": "out.2",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-}
-# A ResBlock's layers under their LDM names (in_layers = norm, SiLU, conv; out_layers = norm, SiLU, dropout, conv).
-_SGM_RESNET_LAYERS = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
 
 # PEFT's LoraConfig default lora_alpha, used when diffusers' metadata leaves it out.
 _PEFT_DEFAULT_ALPHA = 8.0
@@ -561,62 +544,45 @@ class _Targets:
 
 
 _BLOCK_RE = re.compile(r"^(?P<part>down_blocks|up_blocks)\.(?P<block>\d+)\.(?P<kind>resnets|attentions)\.(?P<i>\d+)\.")
-_MID_RE = re.compile(r"^mid_block\.(?P<kind>resnets|attentions)\.(?P<i>\d+)\.")
 
 
-def _sgm_paths(names: Iterable[str]) -> dict[str, str]:
-    """Diffusers module path -> the same layer's path in the LDM / SGM UNet, for every weight in ``names``.
-
-    The LDM UNet numbers its layers in one run per side, read off the model's own blocks: ``input_blocks.0`` is
-    conv_in, then each down block gives one input block per resnet (resnet at ``.0``, its attention at ``.1``) and
-    one for its downsampler (``.0.op``); ``middle_block`` runs resnet, attention, resnet; each up block gives one
-    output block per resnet, its last also holding the upsampler (``.2.conv``, or ``.1.conv`` without attention).
-    """
-    paths = [name.removesuffix(".weight") for name in names if name.endswith(".weight")]
-    present = set(paths)
-    resnets: dict[tuple[str, int], int] = {}  # (down_blocks | up_blocks, block) -> number of resnets
-    with_attention: set[tuple[str, int]] = set()
-    middle: set[tuple[int, int, str]] = set()  # (order: resnet i, then attention i; i; kind)
+def _unet_blocks(paths: Sequence[str]) -> UNetBlocks:
+    """The block structure of the UNet whose module paths are ``paths``: resnets per down block, and which blocks
+    have attentions."""
+    resnets: dict[int, int] = {}  # down block -> number of resnets
+    attention: dict[tuple[str, int], bool] = {}  # (down_blocks | up_blocks, block) -> whether it has attentions
     for path in paths:
         if found := _BLOCK_RE.match(path):
             block = (found["part"], int(found["block"]))
-            resnets.setdefault(block, 0)
-            if found["kind"] == "resnets":
-                resnets[block] = max(resnets[block], int(found["i"]) + 1)
-            else:
-                with_attention.add(block)
-        elif found := _MID_RE.match(path):
-            i = int(found["i"])
-            middle.add((2 * i + (found["kind"] == "attentions"), i, found["kind"]))
-    prefixes = {f"{path}.": f"{sgm}." for path, sgm in _SGM_TOP_LEVEL.items()}
-    index = 1
-    for part, block in sorted(b for b in resnets if b[0] == "down_blocks"):
-        for i in range(resnets[(part, block)]):
-            prefixes[f"down_blocks.{block}.resnets.{i}."] = f"input_blocks.{index}.0."
-            prefixes[f"down_blocks.{block}.attentions.{i}."] = f"input_blocks.{index}.1."
-            index += 1
-        if f"down_blocks.{block}.downsamplers.0.conv" in present:
-            prefixes[f"down_blocks.{block}.downsamplers.0.conv."] = f"input_blocks.{index}.0.op."
-            index += 1
-    for position, (_, i, kind) in enumerate(sorted(middle)):
-        prefixes[f"mid_block.{kind}.{i}."] = f"middle_block.{position}."
-    index = 0
-    for part, block in sorted(b for b in resnets if b[0] == "up_blocks"):
-        for i in range(resnets[(part, block)]):
-            prefixes[f"up_blocks.{block}.resnets.{i}."] = f"output_blocks.{index}.0."
-            prefixes[f"up_blocks.{block}.attentions.{i}."] = f"output_blocks.{index}.1."
-            index += 1
-        slot = 2 if (part, block) in with_attention else 1
-        prefixes[f"up_blocks.{block}.upsamplers.0.conv."] = f"output_blocks.{index - 1}.{slot}.conv."
+            attention[block] = attention.get(block, False) or found["kind"] == "attentions"
+            if block[0] == "down_blocks" and found["kind"] == "resnets":
+                resnets[block[1]] = max(resnets.get(block[1], 0), int(found["i"]) + 1)
+    down = sorted(resnets)
+    return UNetBlocks(
+        layers=tuple(resnets[i] for i in down),
+        down_attention=tuple(attention[("down_blocks", i)] for i in down),
+        up_attention=tuple(has for (part, _), has in sorted(attention.items()) if part == "up_blocks"),
+        mid_attention=any(path.startswith("mid_block.attentions.") for path in paths),
+        added_embedding=any(path.startswith("add_embedding.") for path in paths),
+    )
+
+
+def _sgm_paths(names: Iterable[str]) -> dict[str, str]:
+    """Diffusers module path -> the same layer's path in the LDM / SGM UNet, for every weight in ``names``
+    (numbered as :mod:`~diffrt.export.ldm_names` describes, from the blocks the names show)."""
+    paths = [name.removesuffix(".weight") for name in names if name.endswith(".weight")]
+    modules = _unet_blocks(paths).modules()
+    prefixes = {f"{module.diffusers}.": module for module in modules}
+    resnet = dict(resnet_layers(shortcut=True))
     mapped = {}
     for path in paths:
         prefix = next((p for p in prefixes if f"{path}.".startswith(p)), None)
         if prefix is None:
             continue
         rest = path[len(prefix) :]
-        if ".resnets." in prefix:
-            rest = _SGM_RESNET_LAYERS.get(rest, rest)
-        mapped[path] = f"{prefixes[prefix]}{rest}".rstrip(".")
+        if prefixes[prefix].kind == "resnet":
+            rest = resnet.get(rest, rest)
+        mapped[path] = f"{prefixes[prefix].ldm}.{rest}".rstrip(".")
     return mapped
 
 

@@ -1,17 +1,13 @@
 """LoRA in engine packages: fused into the weights at export, and swapped later without re-tracing.
 
-Export writes, beside the graphs LoRA can touch (UNet, text encoders), ``weights.json``: for each weight matrix or
-convolution kernel of the torch module, the ONNX initializer(s) holding it and whether the exporter stored it
-transposed (constant folding turns a Linear's weight into a transposed MatMul constant with a generated name).
-The map is found by content, not by name, so it does not depend on what the exporter called things.
-
-A package with adapters also keeps ``lora_base.safetensors``: the un-fused values of every weight an adapter
-changed. ``diffrt lora apply`` starts from those values, so adapters are replaced, never stacked by accident.
+Export writes, beside the graphs LoRA can touch (UNet, text encoders), ``weights.json``: which ONNX initializers hold
+each weight of the torch module (:mod:`~diffrt.export.graph_folder`). A package with adapters also keeps
+``lora_base.safetensors``: the un-fused values of every weight an adapter changed. ``diffrt lora apply`` starts from
+those values, so adapters are replaced, never stacked by accident.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -23,59 +19,15 @@ from typing import Any
 import numpy as np
 
 from ..runtime.errors import CheckpointError, PackageError
+from ..runtime.schema import EXTERNAL_DATA_FILE, MODEL_FILE, PROVENANCE_NAME
+from ..staging import staged_folder
+from .graph_folder import WeightsMap, canonical, read_weights_map, save_graph
 from .lora import LoraAdapter, LoraSpec, lora_deltas, read_lora
-from .onnx_export import EXTERNAL_DATA_FILE, save_graph
-from .staging import staged_folder
 
-WEIGHTS_MAP = "weights.json"
 LORA_BASE = "lora_base.safetensors"
 LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
-TEXT_MODEL_PREFIX = "text_model."
-MAP_FORMAT = 1
 
 Progress = Callable[[str, str], None]
-
-
-def canonical(name: str) -> str:
-    """Parameter names without transformers 4's ``text_model.`` prefix, so both CLIP layouts share one key."""
-    return name.removeprefix(TEXT_MODEL_PREFIX)
-
-
-# ----- the weights map, written at export -------------------------------------------------------------------------
-def weights_map(proto, parameters: dict[str, np.ndarray]) -> dict[str, list[tuple[str, bool]]]:
-    """For each parameter of 2 or more dimensions, the initializers holding it: [(name, transposed), ...]."""
-    from onnx import numpy_helper
-
-    index: dict[tuple[tuple[int, ...], bytes], list[str]] = {}
-    for init in proto.graph.initializer:
-        if len(init.dims) < 2:
-            continue
-        data = init.raw_data or numpy_helper.to_array(init).tobytes()
-        index.setdefault((tuple(init.dims), _digest(data)), []).append(init.name)
-    found: dict[str, list[tuple[str, bool]]] = {}
-    for name, value in parameters.items():
-        if value.ndim < 2:
-            continue
-        hits = [(n, False) for n in index.get((value.shape, _digest(value.tobytes())), [])]
-        if value.ndim == 2:
-            flipped = np.ascontiguousarray(value.T)
-            hits += [(n, True) for n in index.get((flipped.shape, _digest(flipped.tobytes())), [])]
-        if hits:
-            found[canonical(name)] = hits
-    return found
-
-
-def write_weights_map(proto, module, folder: Path) -> None:
-    """Write ``folder/weights.json`` for the torch ``module`` whose graph is ``proto`` (before its data moves out)."""
-    inner = getattr(module, "model", module)
-    parameters = {n: p.detach().float().contiguous().numpy() for n, p in inner.named_parameters()}
-    found = weights_map(proto, parameters)
-    data = {"format": MAP_FORMAT, "parameters": {k: [[n, t] for n, t in v] for k, v in sorted(found.items())}}
-    (folder / WEIGHTS_MAP).write_text(json.dumps(data, indent=1) + "\n")
-
-
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 # ----- fusing at export ------------------------------------------------------------------------------------------
@@ -165,40 +117,32 @@ def apply_loras(
     progress = progress or (lambda name, message: None)
     start = time.perf_counter()
     package, out = Path(package), Path(out)
-    provenance_path = package / "diffrt.json"
+    provenance_path = package / PROVENANCE_NAME
     if not provenance_path.is_file():
         raise PackageError(
-            f"{package} is not a diffrt engine package (no diffrt.json); export one with `diffrt export`."
+            f"{package} is not a diffrt engine package (no {PROVENANCE_NAME}); export one with `diffrt export`."
         )
     if out.exists() and not force and out.resolve() != package.resolve():
         raise CheckpointError(f"{out} already exists; choose a new folder or pass --force to replace it.")
     if out.resolve() == package.resolve() and not force:
         raise CheckpointError(f"{out} is the package itself; pass --force to rewrite it in place.")
-    networks = [n for n in LORA_NETWORKS if (package / n / "model.onnx").is_file()]
-    maps = {}
-    for name in networks:
-        path = package / name / WEIGHTS_MAP
-        if not path.is_file():
-            raise PackageError(
-                f"{package / name} has no {WEIGHTS_MAP}, so its weights cannot be found by name; the package was "
-                "exported by an older diffrt or elsewhere: export it again with `diffrt export ... --lora FILE`."
-            )
-        maps[name] = {k: [(n, bool(t)) for n, t in v] for k, v in json.loads(path.read_text())["parameters"].items()}
+    networks = [n for n in LORA_NETWORKS if (package / n / MODEL_FILE).is_file()]
+    maps = {name: read_weights_map(package / name) for name in networks}
 
     adapters: list[LoraAdapter] = [read_lora(spec, allow_pickle=allow_pickle) for spec in specs]
     protos = {}
     for name in networks:
         progress(name, "reading graph")
-        protos[name] = onnx.load(str(package / name / "model.onnx"), load_external_data=True)
+        protos[name] = onnx.load(str(package / name / MODEL_FILE), load_external_data=True)
     targets = {name: _parameter_shapes(protos[name], maps[name]) for name in networks}
     deltas, summaries = lora_deltas(adapters, targets)
 
     rewritten: dict[str, int] = {}
     with staged_folder(out) as staging:
-        skip = shutil.ignore_patterns("model.onnx", "model.onnx.data", LORA_BASE)
+        skip = shutil.ignore_patterns(MODEL_FILE, EXTERNAL_DATA_FILE, LORA_BASE)
         shutil.copytree(package, staging, ignore=skip, dirs_exist_ok=True)
         for name in _other_graphs(package):  # untouched graphs are copied as they are
-            for file in (package / name).glob("model.onnx*"):
+            for file in (package / name).glob(f"{MODEL_FILE}*"):
                 shutil.copy2(file, staging / name / file.name)
         for name in networks:
             base_path = package / name / LORA_BASE
@@ -208,20 +152,20 @@ def apply_loras(
             progress(name, f"rewriting {rewritten[name]} weights")
             new_base = _rewrite(protos[name], maps[name], old_base, changes)
             external = (package / name / EXTERNAL_DATA_FILE).is_file()
-            save_graph(protos[name], staging / name / "model.onnx", external, like=package / name / "model.onnx")
+            save_graph(protos[name], staging / name / MODEL_FILE, external, like=package / name / MODEL_FILE)
             write_lora_base(staging / name, new_base)
         provenance = json.loads(provenance_path.read_text())
         provenance["loras"] = summaries
         provenance["lora_applied"] = {"from": str(package), "by": "diffrt lora apply"}
-        (staging / "diffrt.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        (staging / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n")
     return ApplyReport(out, summaries, rewritten, time.perf_counter() - start)
 
 
 def _other_graphs(package: Path) -> list[str]:
-    return [p.parent.name for p in package.glob("*/model.onnx") if p.parent.name not in LORA_NETWORKS]
+    return [p.parent.name for p in package.glob(f"*/{MODEL_FILE}") if p.parent.name not in LORA_NETWORKS]
 
 
-def _parameter_shapes(proto, mapping: dict[str, list[tuple[str, bool]]]) -> dict[str, tuple[int, ...]]:
+def _parameter_shapes(proto, mapping: WeightsMap) -> dict[str, tuple[int, ...]]:
     dims = {init.name: tuple(init.dims) for init in proto.graph.initializer}
     shapes = {}
     for param, entries in mapping.items():
@@ -231,7 +175,9 @@ def _parameter_shapes(proto, mapping: dict[str, list[tuple[str, bool]]]) -> dict
     return shapes
 
 
-def _rewrite(proto, mapping, old_base: dict[str, np.ndarray], changes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _rewrite(
+    proto, mapping: WeightsMap, old_base: dict[str, np.ndarray], changes: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Set each touched weight to base (+ delta); return the new base values to keep."""
     from onnx import helper, numpy_helper
 

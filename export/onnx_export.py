@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrt.runtime.networks import Network
+from ..runtime.networks import Network
+from ..runtime.schema import MODEL_FILE
+from .graph_folder import save_graph, write_weights_map
 
 DEFAULT_OPSET = 17
 # protobuf refuses messages of 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
-EXTERNAL_DATA_FILE = "model.onnx.data"
 
 
 class GraphModule(torch.nn.Module):
@@ -74,7 +75,7 @@ def export_graph(
     feeds = network.sample_feeds(*trace_size)
     args = tuple(torch.from_numpy(feeds[n]) for n in network.input_names)
     with tempfile.TemporaryDirectory(prefix="diffrt-trace-") as scratch:
-        traced = Path(scratch) / "model.onnx"
+        traced = Path(scratch) / MODEL_FILE
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python values are expected and reviewed
             torch.onnx.export(
@@ -91,11 +92,9 @@ def export_graph(
         # Over the threshold, torch has written one file per tensor beside the graph: gather them into one file.
         traced_bytes = sum(p.stat().st_size for p in Path(scratch).iterdir())
         external = traced_bytes > external_data_threshold
-        target = folder / "model.onnx"
+        target = folder / MODEL_FILE
         proto = onnx.load(str(traced), load_external_data=True) if external or map_weights else None
         if map_weights:
-            from .lora_package import write_weights_map
-
             write_weights_map(proto, module, folder)
         if external:
             save_graph(proto, target, external=True)
@@ -103,32 +102,8 @@ def export_graph(
             shutil.move(traced, target)
         del proto
     onnx.checker.check_model(str(target))
-    size = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    size = sum(p.stat().st_size for p in folder.glob(f"{MODEL_FILE}*"))
     return GraphReport(network.name, target, size, time.perf_counter() - start, external)
-
-
-def save_graph(proto, target: Path, external: bool, like: Path | None = None) -> None:
-    """Write ``proto`` to ``target``; with ``external``, its tensors go to one ``model.onnx.data`` beside it.
-
-    Files get the permissions of ``like`` (default: what ``model.onnx`` got): onnx writes the data file owner-only,
-    yet a package is read by whoever serves it."""
-    import onnx
-
-    if external:
-        onnx.save_model(
-            proto,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=EXTERNAL_DATA_FILE,
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(proto, str(target))
-    mode = (like or target).stat().st_mode & 0o777
-    for file in (target, target.parent / EXTERNAL_DATA_FILE):
-        if file.exists():
-            file.chmod(mode)
 
 
 @dataclass

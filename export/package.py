@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffrt import __version__
-from diffrt.runtime.errors import CheckpointError, ConfigError
-from diffrt.runtime.networks import ShapeRange
-
+from .. import __version__
+from ..runtime.errors import CheckpointError, ConfigError
+from ..runtime.networks import ShapeRange
+from ..runtime.schema import CONFIG_NAME, INDEX_NAME, PROVENANCE_NAME, SCHEDULER_CONFIG, default_size
+from ..staging import staged_folder
 from . import weights
 from .lora import LoraSpec
 from .lora_package import LORA_NETWORKS, fuse_into_source, write_lora_base
@@ -33,7 +34,6 @@ from .onnx_export import (
     reference_outputs,
 )
 from .source import SDXL_PIPELINES, TOKENIZERS, Source
-from .staging import staged_folder
 
 PACKAGE_FORMAT = 1
 ONNX_COMPONENT = ["diffusers", "OnnxRuntimeModel"]
@@ -76,15 +76,6 @@ class PackageReport:
 Progress = Callable[[str, str], None]
 
 
-def default_size(source: Source) -> tuple[int, int]:
-    """The pixel size the model was trained at: UNet ``sample_size`` times the VAE scale factor."""
-    unet = source.components["unet"].config
-    factor = source.scale_factor
-    size = unet.get("sample_size", 64)
-    h, w = (size, size) if isinstance(size, int) else size
-    return h * factor, w * factor
-
-
 def shape_range_for(source: Source, options: ExportOptions) -> ShapeRange:
     if options.static is not None:
         h, w = options.static
@@ -92,7 +83,7 @@ def shape_range_for(source: Source, options: ExportOptions) -> ShapeRange:
         if h % factor or w % factor or h <= 0 or w <= 0:
             raise ConfigError(f"--static {h}x{w}: height and width must be positive multiples of {factor}.")
         return ShapeRange.around(h, w, batch=options.batch, static=True)
-    h, w = default_size(source)
+    h, w = default_size(source.components["unet"].config, source.scale_factor)
     return ShapeRange.around(h, w, batch=options.batch)
 
 
@@ -196,15 +187,15 @@ def _write_support_files(
     index.update(source.pipeline_config)
     for encoder, tokenizer in TOKENIZERS.items():
         if encoder in comps:
-            _write_json(staging / encoder / "config.json", comps[encoder].config)
+            _write_json(staging / encoder / CONFIG_NAME, comps[encoder].config)
             index[encoder] = ONNX_COMPONENT
             _write_tokenizer(*source.tokenizer(tokenizer), staging / tokenizer)
             index[tokenizer] = ["transformers", "CLIPTokenizer"]
-    _write_json(staging / "unet" / "config.json", comps["unet"].config)
+    _write_json(staging / "unet" / CONFIG_NAME, comps["unet"].config)
     index["unet"] = ONNX_COMPONENT
     if "vae" in comps:
         for part in ("vae_encoder", "vae_decoder"):
-            _write_json(staging / part / "config.json", comps["vae"].config)
+            _write_json(staging / part / CONFIG_NAME, comps["vae"].config)
             index[part] = ONNX_COMPONENT
         if comps["vae"].config.get("force_upcast") and source.pipeline_class in SDXL_PIPELINES:
             report.notes.append(
@@ -212,14 +203,14 @@ def _write_support_files(
                 "on GPUs under precision auto"
             )
     if "depth_estimator" in comps:
-        _write_json(staging / "depth_estimator" / "config.json", comps["depth_estimator"].config)
+        _write_json(staging / "depth_estimator" / CONFIG_NAME, comps["depth_estimator"].config)
         _write_json(staging / "depth_estimator" / "preprocessor_config.json", source.preprocessor_config or {})
         index["depth_estimator"] = ONNX_COMPONENT
     scheduler_class = source.scheduler_config.get("_class_name", "PNDMScheduler")
-    _write_json(staging / "scheduler" / "scheduler_config.json", source.scheduler_config)
+    _write_json(staging.joinpath(*SCHEDULER_CONFIG), source.scheduler_config)
     index["scheduler"] = ["diffusers", scheduler_class]
-    _write_json(staging / "model_index.json", index)
-    _write_json(staging / "diffrt.json", _provenance(source, shape_range, options, report, loras))
+    _write_json(staging / INDEX_NAME, index)
+    _write_json(staging / PROVENANCE_NAME, _provenance(source, shape_range, options, report, loras))
 
 
 def _write_tokenizer(files: dict[str, Path], pad_token: str, folder: Path) -> None:

@@ -34,6 +34,8 @@ import torch
 
 from diffrt.runtime.errors import CheckpointError
 
+from .ldm_names import UNetBlocks, resnet_layers
+
 __all__ = [
     "FAMILIES",
     "SDXL_FAMILIES",
@@ -675,13 +677,6 @@ def _text_cfg(config: Mapping) -> dict:
 # ("qkv", i) (the i-th third of a fused q/k/v projection).
 
 _WB = ("weight", "bias")
-_UNET_RESNET = (
-    ("in_layers.0", "norm1"),
-    ("in_layers.2", "conv1"),
-    ("emb_layers.1", "time_emb_proj"),
-    ("out_layers.0", "norm2"),
-    ("out_layers.3", "conv2"),
-)
 _VAE_RESNET = (("norm1", "norm1"), ("conv1", "conv1"), ("norm2", "norm2"), ("conv2", "conv2"))
 _VAE_ATTENTION = (
     ("norm", "group_norm", None),
@@ -728,7 +723,7 @@ def _unet_plan(config: Mapping, text_time: bool | None = None) -> Plan:
     cfg = _unet_cfg(config, text_time)
     outs = list(cfg["block_out_channels"])
     n = len(outs)
-    layers = _per_block(cfg["layers_per_block"], n, "layers_per_block")
+    _per_block(cfg["layers_per_block"], n, "layers_per_block")  # one number or one per block, else CheckpointError
     depth = _per_block(cfg["transformer_layers_per_block"], n, "transformer_layers_per_block")
     up_depth = list(reversed(depth))
     if cfg["reverse_transformer_layers_per_block"] is not None:
@@ -736,12 +731,6 @@ def _unet_plan(config: Mapping, text_time: bool | None = None) -> Plan:
     proj = "linear" if cfg["use_linear_projection"] else "conv"
     p = UNET_PREFIX
     plan: Plan = []
-
-    def resnet(ldm: str, new: str, shortcut: bool) -> None:
-        for old, name in _UNET_RESNET:
-            _pairs(plan, f"{p}{ldm}.{old}", f"{new}.{name}")
-        if shortcut:
-            _pairs(plan, f"{p}{ldm}.skip_connection", f"{new}.conv_shortcut")
 
     def transformer(ldm: str, new: str, blocks: int) -> None:
         _pairs(plan, f"{p}{ldm}.norm", f"{new}.norm")
@@ -755,39 +744,20 @@ def _unet_plan(config: Mapping, text_time: bool | None = None) -> Plan:
                     (f"{p}{ldm}.transformer_blocks.{t}.{name}", f"{new}.transformer_blocks.{t}.{name}", reshape)
                 )
 
-    _pairs(plan, f"{p}time_embed.0", "time_embedding.linear_1")
-    _pairs(plan, f"{p}time_embed.2", "time_embedding.linear_2")
-    if cfg["addition_embed_type"] == "text_time":  # SGM's label_emb: Sequential(Linear, SiLU, Linear)
-        _pairs(plan, f"{p}label_emb.0.0", "add_embedding.linear_1")
-        _pairs(plan, f"{p}label_emb.0.2", "add_embedding.linear_2")
-    _pairs(plan, f"{p}input_blocks.0.0", "conv_in")
-    k, channels = 1, outs[0]
-    for i, kind in enumerate(cfg["down_block_types"]):
-        for j in range(layers[i]):
-            resnet(f"input_blocks.{k}.0", f"down_blocks.{i}.resnets.{j}", channels != outs[i])
-            channels = outs[i]
-            if kind.startswith("CrossAttn"):
-                transformer(f"input_blocks.{k}.1", f"down_blocks.{i}.attentions.{j}", depth[i])
-            k += 1
-        if i < n - 1:
-            _pairs(plan, f"{p}input_blocks.{k}.0.op", f"down_blocks.{i}.downsamplers.0.conv")
-            k += 1
-    resnet("middle_block.0", "mid_block.resnets.0", False)
-    transformer("middle_block.1", "mid_block.attentions.0", depth[-1])
-    resnet("middle_block.2", "mid_block.resnets.1", False)
-    k = 0
-    for i, kind in enumerate(cfg["up_block_types"]):
-        count = list(reversed(layers))[i] + 1
-        for j in range(count):
-            resnet(f"output_blocks.{k}.0", f"up_blocks.{i}.resnets.{j}", True)  # skip concatenation: always widened
-            attention = kind.startswith("CrossAttn")
-            if attention:
-                transformer(f"output_blocks.{k}.1", f"up_blocks.{i}.attentions.{j}", up_depth[i])
-            if j == count - 1 and i < n - 1:
-                _pairs(plan, f"{p}output_blocks.{k}.{2 if attention else 1}.conv", f"up_blocks.{i}.upsamplers.0.conv")
-            k += 1
-    _pairs(plan, f"{p}out.0", "conv_norm_out")
-    _pairs(plan, f"{p}out.2", "conv_out")
+    depths = {"down": depth, "mid": depth[-1:], "up": up_depth}  # transformer blocks per attention, by block
+    channels = outs[0]
+    for module in UNetBlocks.from_config(cfg).modules():
+        if module.kind == "resnet":
+            # A resnet has a shortcut where it changes the width: going up, the skip concatenation always does.
+            shortcut = module.part == "up" or (module.part == "down" and channels != outs[module.block])
+            if module.part == "down":
+                channels = outs[module.block]
+            for name, old in resnet_layers(shortcut):
+                _pairs(plan, f"{p}{module.ldm}.{old}", f"{module.diffusers}.{name}")
+        elif module.kind == "attention":
+            transformer(module.ldm, module.diffusers, depths[module.part][module.block])
+        else:
+            _pairs(plan, f"{p}{module.ldm}", module.diffusers)
     return plan
 
 
@@ -1005,24 +975,23 @@ def _config_mismatches(shapes: Mapping[str, tuple], configs: Mapping, family: st
     if conv_in := dims(CONV_IN_KEY, 4):
         expect(conv_in[0], outs[0], "conv_in has {a} output channels, the config says {w}")
         expect(conv_in[1], unet["in_channels"], "conv_in has {a} input channels, the config says {w}")
-    layers = _per_block(unet["layers_per_block"], len(outs), "layers_per_block")
+    _per_block(unet["layers_per_block"], len(outs), "layers_per_block")  # one number or one per block
+    structure = UNetBlocks.from_config(unet)
     blocks = {int(m[1]) for k in shapes if (m := re.match(re.escape(UNET_PREFIX) + r"input_blocks\.(\d+)\.", k))}
-    expect(len(blocks), sum(layers) + len(outs), "the UNet has {a} input blocks, the config implies {w}")
-    k = 1
-    for i, kind in enumerate(unet["down_block_types"]):
-        if kind.startswith("CrossAttn"):
-            to_k = dims(f"{UNET_PREFIX}input_blocks.{k}.1.transformer_blocks.0.attn2.to_k.weight", 2)
-            if to_k is None:
-                found.append(f"input block {k} has no cross-attention, the config says {kind} for down block {i}")
-            else:
-                expect(
-                    to_k[1],
-                    unet["cross_attention_dim"],
-                    "cross-attention to_k takes {a} features, the config's cross_attention_dim is {w}",
-                )
-                expect(to_k[0], outs[i], f"down block {i}'s attention has {{a}} channels, the config says {{w}}")
-            break
-        k += layers[i] + (i < len(outs) - 1)
+    expect(len(blocks), structure.input_blocks, "the UNet has {a} input blocks, the config implies {w}")
+    if first := next((m for m in structure.modules() if m.kind == "attention" and m.part == "down"), None):
+        i, kind = first.block, unet["down_block_types"][first.block]
+        to_k = dims(f"{UNET_PREFIX}{first.ldm}.transformer_blocks.0.attn2.to_k.weight", 2)
+        if to_k is None:
+            k = first.ldm.split(".")[1]
+            found.append(f"input block {k} has no cross-attention, the config says {kind} for down block {i}")
+        else:
+            expect(
+                to_k[1],
+                unet["cross_attention_dim"],
+                "cross-attention to_k takes {a} features, the config's cross_attention_dim is {w}",
+            )
+            expect(to_k[0], outs[i], f"down block {i}'s attention has {{a}} channels, the config says {{w}}")
     if vae_in := dims(VAE_PREFIX + "encoder.conv_in.weight", 4):
         expect(
             vae_in[0], vae["block_out_channels"][0], "the VAE's first conv has {a} output channels, the config says {w}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from diffrt.runtime.errors import CheckpointError
+from diffrt.runtime.schema import CONFIG_NAME, INDEX_NAME, SCHEDULER_CONFIG
 
 from . import weights
 
@@ -118,9 +119,9 @@ def load_source(
 
 
 def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
-    index_path = root / "model_index.json"
+    index_path = root / INDEX_NAME
     if not index_path.is_file():
-        raise CheckpointError(f"{root} has no model_index.json, so it is not a diffusers pipeline folder.")
+        raise CheckpointError(f"{root} has no {INDEX_NAME}, so it is not a diffusers pipeline folder.")
     index = weights.read_json(index_path)
     pipeline = index.get("_class_name")
     if pipeline not in PIPELINES:
@@ -139,12 +140,12 @@ def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
                 f"{index_path}: {name} is a {class_name}; diffrt exports {' or '.join(MODEL_CLASSES[name])}."
             )
         folder = root / name
-        config = weights.read_json(folder / "config.json")
+        config = weights.read_json(folder / CONFIG_NAME)
         components[name] = Component(name, class_name, config, _folder_loader(folder, variant, allow_pickle))
-        files.append(folder / "config.json")
+        files.append(folder / CONFIG_NAME)
         files.extend(weights.component_weight_files(folder, variant=variant))
-    scheduler_config = weights.read_json(root / "scheduler" / "scheduler_config.json")
-    files.append(root / "scheduler" / "scheduler_config.json")
+    scheduler_config = weights.read_json(root.joinpath(*SCHEDULER_CONFIG))
+    files.append(root.joinpath(*SCHEDULER_CONFIG))
     notes = [f"{name} not exported: the runtime does not use it" for name in SKIPPED if index.get(name, [None])[0]]
     source = Source(
         root,
@@ -247,20 +248,20 @@ def read_config_dir(folder: Path) -> dict[str, Any]:
 
     The text encoders' configs and their tokenizers' pad tokens are read for those model_index.json lists (an SDXL
     refiner lists only text_encoder_2)."""
-    if not (folder / "model_index.json").is_file():
-        raise CheckpointError(f"--config {folder} has no model_index.json; give a diffusers pipeline folder.")
-    index = weights.read_json(folder / "model_index.json")
+    if not (folder / INDEX_NAME).is_file():
+        raise CheckpointError(f"--config {folder} has no {INDEX_NAME}; give a diffusers pipeline folder.")
+    index = weights.read_json(folder / INDEX_NAME)
     configs: dict[str, Any] = {"model_index": index}
     for name in ("unet", "vae"):
-        configs[name] = weights.read_json(folder / name / "config.json")
+        configs[name] = weights.read_json(folder / name / CONFIG_NAME)
     for encoder, tokenizer in TOKENIZERS.items():
         if not _listed(index, encoder):
             continue
-        configs[encoder] = weights.read_json(folder / encoder / "config.json")
+        configs[encoder] = weights.read_json(folder / encoder / CONFIG_NAME)
         pad = _pad_token(folder / tokenizer)
         if pad is not None:
             configs[f"{tokenizer}_pad_token"] = pad
-    configs["scheduler"] = weights.read_json(folder / "scheduler" / "scheduler_config.json")
+    configs["scheduler"] = weights.read_json(folder.joinpath(*SCHEDULER_CONFIG))
     return configs
 
 

@@ -10,8 +10,9 @@ real CLIP vocabulary. It draws noise, not pictures.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from .clip_vocab import CLIP_TEXT_TOKENS
 
 UNET = {
     "_class_name": "UNet2DConditionModel",
@@ -40,17 +41,13 @@ VAE = {
     "scaling_factor": 0.18215,
 }
 TEXT_ENCODER = {
-    "vocab_size": 49408,
+    **CLIP_TEXT_TOKENS,
     "hidden_size": 32,
     "intermediate_size": 37,
     "num_attention_heads": 4,
     "num_hidden_layers": 3,
-    "max_position_embeddings": 77,
     "projection_dim": 32,
     "hidden_act": "quick_gelu",
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
 }
 SCHEDULER = {
     "_class_name": "PNDMScheduler",
@@ -65,62 +62,26 @@ SCHEDULER = {
 }
 
 
-def _full_config(model_class, config: dict) -> dict:
-    """``config`` with every other constructor default written out, as diffusers' save_pretrained writes it."""
-    import inspect
-
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(model_class.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
-    }
-    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
-    return {"_class_name": config["_class_name"], **defaults, **config}
-
-
-def _save_model(model, config: dict, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    config = _full_config(type(model), config)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors"
-    )
-
-
 def build_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny pipeline to ``folder`` (created) and return it."""
     import torch
     import transformers
 
     from .clip_vocab import write_clip_tokenizer
+    from .diffusers_folder import save_model, write_text_to_image_index
     from .models import AutoencoderKL, UNet2DConditionModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    _save_model(UNet2DConditionModel(**UNET), UNET, folder / "unet")
+    save_model(UNet2DConditionModel(**UNET), UNET, folder / "unet")
     torch.manual_seed(seed + 1)
-    _save_model(AutoencoderKL(**VAE), VAE, folder / "vae")
+    save_model(AutoencoderKL(**VAE), VAE, folder / "vae")
     torch.manual_seed(seed + 2)
     text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(**TEXT_ENCODER))
     text_encoder.save_pretrained(folder / "text_encoder")
     write_clip_tokenizer(folder / "tokenizer")
-    (folder / "scheduler").mkdir(exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2) + "\n")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_text_to_image_index(folder, SCHEDULER)
     return folder
 
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
 from pathlib import Path
+
+from .clip_vocab import CLIP_TEXT_TOKENS
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_SIZE = 32
@@ -63,17 +64,13 @@ VAE = {
     "scaling_factor": 1.0,  # replaced by 1 / std of the training latents
 }
 TEXT_ENCODER = {
-    "vocab_size": 49408,
+    **CLIP_TEXT_TOKENS,
     "hidden_size": 32,
     "intermediate_size": 128,
     "num_attention_heads": 4,
     "num_hidden_layers": 2,
-    "max_position_embeddings": 77,
     "projection_dim": 32,
     "hidden_act": "quick_gelu",
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
 }
 SCHEDULER = {
     "_class_name": "DPMSolverMultistepScheduler",
@@ -169,21 +166,6 @@ def rounded_fp16(module) -> None:
 
 def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def full_config(model_class, config: dict) -> dict:
-    from .tiny import _full_config
-
-    return _full_config(model_class, config)
-
-
-def save_model(model, config: dict, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(full_config(type(model), config), indent=2) + "\n")
-    tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, folder / "diffusion_pytorch_model.safetensors")
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -421,6 +403,7 @@ def train_demo(out: str | Path, seed: int = 0, minutes: float = 25.0) -> Path:
     from safetensors.torch import save_file
 
     from .clip_vocab import write_clip_tokenizer
+    from .diffusers_folder import save_model, write_text_to_image_index
 
     setup(seed)
     begin = time.perf_counter()
@@ -433,7 +416,7 @@ def train_demo(out: str | Path, seed: int = 0, minutes: float = 25.0) -> Path:
 
     vae, moments = train_vae(images, steps["vae"], seed)
     VAE["scaling_factor"] = round(vae.scaling_factor, 5)
-    save_model(vae, VAE, out / "vae")
+    save_model(vae, VAE, out / "vae", half=True)
     with torch.no_grad():
         bold_moments = torch.cat([vae.encode(bold_images[i : i + 256]) for i in range(0, len(bold_images), 256)])
 
@@ -442,24 +425,11 @@ def train_demo(out: str | Path, seed: int = 0, minutes: float = 25.0) -> Path:
     phase = time.perf_counter()
     unet, text_encoder = train_unet(moments, labels, ids, VAE["scaling_factor"], steps["unet"], seed)
     log(f"unet + text encoder: {time.perf_counter() - phase:.0f} s")
-    save_model(unet, UNET, out / "unet")
+    save_model(unet, UNET, out / "unet", half=True)
     text_encoder.half().save_pretrained(out / "text_encoder")
     text_encoder.float()
 
-    (out / "scheduler").mkdir(exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2) + "\n")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", SCHEDULER["_class_name"]],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_text_to_image_index(out, SCHEDULER)
 
     phase = time.perf_counter()
     lora = train_lora(unet, text_encoder, bold_moments, labels, ids, VAE["scaling_factor"], steps["lora"], seed)

@@ -165,6 +165,17 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
     gaps, or the data buffer is shorter (truncated file) or longer than the header accounts for.
     """
     where = f"safetensors file {_name(path)}"
+    raw, file_size = _read_header_bytes(path, where)
+    header = _parse_header_json(raw, where)
+    data_size = file_size - 8 - len(raw)
+    metadata = _header_metadata(header, where)
+    tensors = {name: _tensor_entry(name, entry, data_size, where) for name, entry in header.items()}
+    _check_tiling(tensors, data_size, where)
+    return SafetensorsHeader(tensors=tensors, metadata=metadata, data_offset=8 + len(raw), file_size=file_size)
+
+
+def _read_header_bytes(path: str | os.PathLike, where: str) -> tuple[bytes, int]:
+    """The header's JSON bytes and the file's size, once the 8-byte length before them is plausible."""
     try:
         with open(path, "rb") as f:
             file_size = os.fstat(f.fileno()).st_size
@@ -192,7 +203,11 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
         raise _open_error("safetensors file", path, error) from None
     if len(raw) != header_len:
         raise CheckpointError(f"{where} changed while it was being read; accepted: a file that is not being written.")
+    return raw, file_size
 
+
+def _parse_header_json(raw: bytes, where: str) -> dict:
+    """The header as a JSON object whose entries are named once each."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -211,56 +226,59 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
         raise CheckpointError(
             f"{where} is not valid: its header is a JSON {_json_type(header)}, not the accepted JSON object."
         )
+    return header
 
-    data_size = file_size - 8 - header_len
+
+def _header_metadata(header: dict, where: str) -> dict[str, str]:
+    """Take the ``__metadata__`` entry out of ``header``: a map of strings to strings, empty when absent."""
     metadata = header.pop("__metadata__", None)
     if metadata is None:
-        metadata = {}
-    elif not isinstance(metadata, dict) or not all(
+        return {}
+    if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise CheckpointError(f"{where} has a __metadata__ entry that is not accepted (a map of strings to strings).")
+    return dict(metadata)
 
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        bad = f"{where} has an invalid entry for tensor {_short(name)}"
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise CheckpointError(f"{bad}; accepted: an object with dtype, shape and data_offsets.")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
-            raise CheckpointError(
-                f"{bad}: dtype {_short(dtype)} is unknown (accepted: {', '.join(SAFETENSORS_DTYPES)})."
-            )
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise CheckpointError(f"{bad}: shape {_short(shape)} is not accepted (a list of non-negative integers).")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_int(o) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
-        ):
-            raise CheckpointError(
-                f"{bad}: data_offsets {_short(offsets)} is not accepted "
-                "(two integers [begin, end] with 0 <= begin <= end)."
-            )
-        begin, end = offsets
-        numel = 1
-        for d in shape:
-            numel *= d
-        expected = numel * SAFETENSORS_DTYPES[dtype]
-        if end - begin != expected:
-            raise CheckpointError(
-                f"{bad}: its data_offsets span {end - begin} bytes "
-                f"but shape {_short(shape)} of {dtype} needs {expected}."
-            )
-        if end > data_size:
-            raise CheckpointError(
-                f"{where} is truncated: tensor {_short(name)} ends at byte {end} of the data "
-                f"but the file is shorter than its header says, holding only {data_size} bytes of data."
-            )
-        tensors[name] = TensorInfo(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
 
-    # Like the safetensors library: the entries tile the data buffer from 0 to its end, no overlaps, no gaps.
+def _tensor_entry(name: str, entry: object, data_size: int, where: str) -> TensorInfo:
+    """One tensor's entry, checked: known dtype, a shape, offsets that span exactly its bytes within the data."""
+    bad = f"{where} has an invalid entry for tensor {_short(name)}"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"{bad}; accepted: an object with dtype, shape and data_offsets.")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{bad}: dtype {_short(dtype)} is unknown (accepted: {', '.join(SAFETENSORS_DTYPES)}).")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CheckpointError(f"{bad}: shape {_short(shape)} is not accepted (a list of non-negative integers).")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise CheckpointError(
+            f"{bad}: data_offsets {_short(offsets)} is not accepted (two integers [begin, end] with 0 <= begin <= end)."
+        )
+    begin, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    expected = numel * SAFETENSORS_DTYPES[dtype]
+    if end - begin != expected:
+        raise CheckpointError(
+            f"{bad}: its data_offsets span {end - begin} bytes but shape {_short(shape)} of {dtype} needs {expected}."
+        )
+    if end > data_size:
+        raise CheckpointError(
+            f"{where} is truncated: tensor {_short(name)} ends at byte {end} of the data "
+            f"but the file is shorter than its header says, holding only {data_size} bytes of data."
+        )
+    return TensorInfo(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+def _check_tiling(tensors: dict[str, TensorInfo], data_size: int, where: str) -> None:
+    """Like the safetensors library: the entries tile the data buffer from 0 to its end, no overlaps, no gaps."""
     position, previous = 0, None
     for name, info in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
         if info.begin < position:
@@ -280,7 +298,6 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
             f"{where} has {data_size - position} bytes after its last tensor that its header does not account for "
             "(accepted: a file that ends with its last tensor)."
         )
-    return SafetensorsHeader(tensors=tensors, metadata=dict(metadata), data_offset=8 + header_len, file_size=file_size)
 
 
 def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:

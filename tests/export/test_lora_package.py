@@ -14,8 +14,9 @@ from onnx import numpy_helper
 from pipeline_parity import assert_images_close, load_diffusers, run_diffrt, run_diffusers
 
 from diffrt.cli import main
+from diffrt.export.graph_folder import WEIGHTS_MAP
 from diffrt.export.lora import LoraSpec
-from diffrt.export.lora_package import LORA_BASE, WEIGHTS_MAP, apply_loras
+from diffrt.export.lora_package import LORA_BASE, apply_loras
 from diffrt.export.package import ExportOptions, export_package
 from diffrt.export.source import load_source
 from diffrt.runtime import PackageError
