@@ -8,6 +8,7 @@ also take ``--prompt-2`` / ``--negative-prompt-2`` for their second text encoder
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="classifier-free guidance scale (default: the pipeline's, 7.5; SDXL text/image-to-image 5)",
     )
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, an integer >= 0 (default: fresh entropy)")
     p.add_argument("--size", type=parse_size, metavar="HxW", help="image size in pixels (text-to-image, inpainting)")
     p.add_argument(
         "--image", type=Path, metavar="IN.png", help="input image: image-to-image, or inpainting with --mask"
@@ -48,6 +49,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help='backend: "auto" (default: TensorRT, then CUDA, then CPU), "tensorrt", "cuda", "cpu"',
     )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per engine (default: all cores)")
+    p.add_argument(
+        "--max-size",
+        type=parse_size,
+        metavar="HxW",
+        help="largest image size a call may ask for (default: the range the package was exported for)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, metavar="N", help="most images per call (default: what the package was exported for)"
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What can be refused before a package is opened: flags that need another flag, an output file PIL cannot
+    write."""
+    import PIL.Image
+
+    from .errors import ConfigError
+
+    if args.mask is not None and args.image is None:
+        raise ConfigError("--mask needs --image: the image to inpaint.")
+    if args.strength is not None and args.image is None:
+        raise ConfigError("--strength needs --image: it says how much of that image to redraw.")
+    extensions = PIL.Image.registered_extensions()
+    if args.out.suffix.lower() not in extensions:
+        known = ", ".join(sorted(e for e in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff") if e in extensions))
+        raise ConfigError(f"--out {str(args.out)!r} has no image file extension PIL writes; accepted: {known}.")
+    for flag, value, least in (
+        ("--num-images", args.num_images, 1),
+        ("--max-batch", args.max_batch, 1),
+        ("--steps", args.steps, 1),
+        ("--seed", args.seed, 0),
+    ):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} {value} is not accepted; give an integer >= {least}.")
+
+
+def limits_for(args: argparse.Namespace, package):
+    """The pipeline limits: the package's declared range, with --max-size / --max-batch overriding it."""
+    from .pipelines.inputs import Limits
+
+    limits = Limits.of_range(package.shape_range)
+    if args.max_size is not None:
+        f = package.vae_scale_factor
+        limits = dataclasses.replace(limits, height=(f, args.max_size[0]), width=(f, args.max_size[1]))
+    if args.max_batch is not None:
+        limits = dataclasses.replace(limits, batch=args.max_batch)
+    return limits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,20 +108,21 @@ def run(args: argparse.Namespace) -> int:
         AutoPipelineForText2Image,
         DDPMPipeline,
     )
+    from .pipelines.inputs import DEFAULT_INPUT_PIXELS
     from .pipelines.stable_diffusion_xl import StableDiffusionXLBase
     from .schedulers import SCHEDULERS
 
-    if args.mask is not None and args.image is None:
-        raise ConfigError("--mask needs --image: the image to inpaint.")
+    check_arguments(args)
     settings = SessionSettings(intra_op_threads=args.threads)
     start = time.perf_counter()
     package = EnginePackage(args.package, provider=args.provider, session_settings=settings)
+    limits = limits_for(args, package)
     if package.pipeline_class == "DDPMPipeline":
-        pipe, task = DDPMPipeline(package), "unconditional"
+        pipe, task = DDPMPipeline(package, limits=limits), "unconditional"
     else:
         auto = AutoPipelineForInpainting if args.mask else AutoPipelineForImage2Image if args.image else None
         auto = auto or AutoPipelineForText2Image
-        pipe = auto.pipeline_class(package.pipeline_class)(package)
+        pipe = auto.pipeline_class(package.pipeline_class)(package, limits=limits)
         task = auto.task
         if args.prompt is None:
             raise ConfigError(f"prompt is missing; {task} with {type(pipe).__name__} needs one.")
@@ -94,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = time.perf_counter() - start
 
     kwargs: dict = {"generator": args.seed}
+    budget = pipe.limits.input_pixels or DEFAULT_INPUT_PIXELS
     if args.steps is not None:
         kwargs["num_inference_steps"] = args.steps
     if isinstance(pipe, DDPMPipeline):
@@ -105,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(pipe, StableDiffusionXLBase):
             kwargs.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2)
         if args.image is not None:
-            kwargs["image"] = _open_image(args.image, "--image").convert("RGB")
+            kwargs["image"] = _open_image(args.image, "--image", budget).convert("RGB")
         if args.mask is not None:
-            kwargs["mask_image"] = _open_image(args.mask, "--mask")
+            kwargs["mask_image"] = _open_image(args.mask, "--mask", budget)
         if args.strength is not None:
             kwargs["strength"] = args.strength
         if args.size is not None:
@@ -134,14 +184,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_image(path: Path, flag: str):
+def _open_image(path: Path, flag: str, budget: int):
     import PIL.Image
 
     from .errors import ConfigError
 
     try:
-        image = PIL.Image.open(path)
-        image.load()
+        image = PIL.Image.open(path)  # reads the header only: the size is known before any pixel is decoded
     except (OSError, PIL.UnidentifiedImageError) as exc:
+        raise ConfigError(f"{flag} {str(path)!r} is not a readable image ({exc}); accepted: PNG, JPEG, WebP.") from None
+    except PIL.Image.DecompressionBombError as exc:
+        raise ConfigError(f"{flag} {str(path)!r} is refused as a decompression bomb ({exc}).") from None
+    if image.width * image.height > budget:
+        raise ConfigError(
+            f"{flag} {str(path)!r} is {image.width}x{image.height} pixels, more than the {budget} a call decodes; "
+            "accepted: a smaller image."
+        )
+    try:
+        image.load()
+    except (OSError, PIL.Image.DecompressionBombError) as exc:
         raise ConfigError(f"{flag} {str(path)!r} is not a readable image ({exc}); accepted: PNG, JPEG, WebP.") from None
     return image

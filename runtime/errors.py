@@ -20,6 +20,11 @@ class BackendUnavailable(ConfigError):
     no GPU, or no engine was built for this GPU. The message names what is missing and what to install or run."""
 
 
+class NonFiniteError(DiffrtError, FloatingPointError):
+    """A computation that turned NaN or infinite (a network overflowing in fp16, a callback's tensor, extreme
+    settings): raised at the step it happened, naming it, instead of returning a black image."""
+
+
 class CheckpointError(DiffrtError, ValueError):
     """A checkpoint file or folder (weights, config, LoRA) that diffrt refuses or cannot read."""
 

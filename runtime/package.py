@@ -16,6 +16,7 @@ from typing import Any
 
 from .engines import Engine, SessionSettings, load_engine
 from .errors import PackageError
+from .networks import ShapeRange
 from .schedulers import Scheduler, scheduler_from_config
 from .schema import (
     CONFIG_NAME,
@@ -82,6 +83,20 @@ class EnginePackage:
 
     def text_encoder_config(self, name: str = "text_encoder") -> TextEncoderConfig:
         return self.configs.text_encoder_2 if name == "text_encoder_2" else self.configs.text_encoder
+
+    @property
+    def shape_range(self) -> ShapeRange | None:
+        """The batch and image sizes the package was exported for (``diffrt.json``); None when it does not say
+        (packages exported elsewhere)."""
+        data = self.provenance.get("shape_range")
+        if data is None:
+            return None
+        try:
+            return ShapeRange.from_json(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise PackageError(
+                f"{str(self.path / PROVENANCE_NAME)!r} has an unreadable shape_range ({error}); re-export the package."
+            ) from None
 
     def has(self, network: str) -> bool:
         return (self.path / network / MODEL_FILE).is_file()

@@ -50,13 +50,10 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def check_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    """A real number within [low, high] (NaN never is)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.integer, np.floating))
-        or not low <= value <= high
-    ):
-        accepted = "a number" if (low, high) == (-math.inf, math.inf) else f"a number from {low:g} to {high:g}"
+    """A finite real number within [low, high] (NaN and infinities never are)."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not low <= value <= high:
+        accepted = "a finite number" if (low, high) == (-math.inf, math.inf) else f"a number from {low:g} to {high:g}"
         raise ConfigError(f"{name}={value!r} is not supported; accepted: {accepted}.")
     return float(value)
 
@@ -143,6 +140,14 @@ class PromptArguments(CallArguments):
         self.num_images_per_prompt = check_int("num_images_per_prompt", self.num_images_per_prompt)
         self.guidance_scale = check_number("guidance_scale", self.guidance_scale)
         self.guidance_rescale = check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
+        self.eta = check_number("eta", self.eta, 0.0, 1.0)  # DDIM's sigma turns imaginary past 1: NaN images
+        if self.callback_on_step_end is not None and not callable(self.callback_on_step_end):
+            raise ConfigError(
+                f"callback_on_step_end={self.callback_on_step_end!r} is not callable; accepted: None or a function "
+                "(pipe, step, timestep, tensors) -> dict of tensors."
+            )
+        if isinstance(self.callback_on_step_end_tensor_inputs, str):
+            self.callback_on_step_end_tensor_inputs = (self.callback_on_step_end_tensor_inputs,)
         self.callback_on_step_end_tensor_inputs = tuple(self.callback_on_step_end_tensor_inputs)
 
 

@@ -23,6 +23,7 @@ from .img2img import StableDiffusionImg2ImgPipeline
 from .img2img_xl import StableDiffusionXLImg2ImgPipeline
 from .inpaint import StableDiffusionInpaintPipeline
 from .inpaint_xl import StableDiffusionXLInpaintPipeline
+from .inputs import Limits
 from .text2img import StableDiffusionPipeline
 from .text2img_xl import StableDiffusionXLPipeline
 
@@ -73,9 +74,10 @@ class _AutoPipeline:
         provider: str = "auto",
         session_settings: SessionSettings | None = None,
         scheduler: Scheduler | None = None,
+        limits: Limits | None = None,
     ) -> DiffusionPipeline:
         package = EnginePackage(path, provider=provider, session_settings=session_settings)
-        return cls.pipeline_class(package.pipeline_class)(package, scheduler=scheduler)
+        return cls.pipeline_class(package.pipeline_class)(package, scheduler=scheduler, limits=limits)
 
     @classmethod
     def from_pipe(cls, pipe: DiffusionPipeline, scheduler: Scheduler | None = None) -> DiffusionPipeline:

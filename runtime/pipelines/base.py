@@ -15,6 +15,7 @@ from ..progress import ProgressBar
 from ..schedulers import Scheduler
 from ..timing import StageHook, Timed
 from .arguments import CallArguments, call_taking
+from .inputs import Limits
 
 
 @dataclass
@@ -59,9 +60,11 @@ class DiffusionPipeline(Timed):
         """The extent of one call (pipelines whose callbacks read per-call settings track it per thread)."""
         return contextlib.nullcontext()
 
-    def __init__(self, package: EnginePackage, scheduler: Scheduler | None = None):
+    def __init__(self, package: EnginePackage, scheduler: Scheduler | None = None, limits: Limits | None = None):
         package.require(self.networks, type(self).__name__)
         self.package = package
+        self.limits = limits if limits is not None else Limits.of_range(package.shape_range)
+        """What one call may ask for (sizes, batch, input pixels); by default the package's declared range."""
         self.scheduler = scheduler if scheduler is not None else package.scheduler()
         for name in self.networks:  # sessions are created here, once; calls reuse them
             setattr(self, name, package.engine(name))
@@ -77,17 +80,20 @@ class DiffusionPipeline(Timed):
         provider: str = "auto",
         session_settings: SessionSettings | None = None,
         scheduler: Scheduler | None = None,
+        limits: Limits | None = None,
     ) -> DiffusionPipeline:
         """Open an engine package. ``provider`` picks the backend ("auto", "tensorrt", "cuda", "cpu", or an ONNX
-        Runtime provider name); ``session_settings`` sets threads, precision and the rest for every engine."""
-        return cls(EnginePackage(path, provider=provider, session_settings=session_settings), scheduler=scheduler)
+        Runtime provider name); ``session_settings`` sets threads, precision and the rest for every engine;
+        ``limits`` bounds what a call may ask (default: the sizes and batch the package was exported for)."""
+        package = EnginePackage(path, provider=provider, session_settings=session_settings)
+        return cls(package, scheduler=scheduler, limits=limits)
 
     @classmethod
     def from_pipe(cls, pipe: DiffusionPipeline, scheduler: Scheduler | None = None) -> DiffusionPipeline:
         """A pipeline of this class over ``pipe``'s package: engines already created are reused, not reloaded."""
         if not isinstance(pipe, DiffusionPipeline):
             raise ConfigError(f"pipe={type(pipe).__name__} is not supported; accepted: a diffrt pipeline.")
-        return cls(pipe.package, scheduler=scheduler if scheduler is not None else pipe.scheduler)
+        return cls(pipe.package, scheduler=scheduler if scheduler is not None else pipe.scheduler, limits=pipe.limits)
 
     @property
     def components(self) -> dict[str, Engine | Scheduler | Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..schedulers import Scheduler
 from .arguments import PromptArguments
 
@@ -118,6 +119,11 @@ class DenoisingTensors:
 
     def replace(self, outputs: dict[str, Any] | None, allowed: tuple[str, ...]) -> None:
         """Take the tensors a callback returned, those it may replace; other names are ignored, as in diffusers."""
+        if outputs is not None and not isinstance(outputs, dict):
+            raise ConfigError(
+                f"callback_on_step_end returned {type(outputs).__name__}; accepted: None or a dict of tensors by name "
+                f"(any of {', '.join(allowed)})."
+            )
         for name, value in (outputs or {}).items():
             if name in allowed:
                 setattr(self, name, np.asarray(value, dtype=np.float32))

@@ -19,11 +19,12 @@ class DDPMPipeline(DiffusionPipeline):
     networks = ("unet",)
     arguments = UnconditionalArguments
 
-    def __init__(self, package, scheduler=None):
-        super().__init__(package, scheduler)
+    def __init__(self, package, scheduler=None, limits=None):
+        super().__init__(package, scheduler, limits)
         self.unet_config = package.unet_config
 
     def generate(self, args: UnconditionalArguments) -> ImagePipelineOutput:
+        self.limits.check_batch(args.batch_size, "this package was exported for (its diffrt.json)")
         generator = as_generator(args.generator)
         h, w = self.unet_config.sample_hw or (32, 32)
         image = randn((args.batch_size, self.unet_config.in_channels, h, w), generator)

@@ -26,8 +26,8 @@ class StableDiffusionDepth2ImgPipeline(StableDiffusionImg2ImgPipeline):
     _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
     arguments = Depth2ImageArguments
 
-    def __init__(self, package, scheduler=None):
-        super().__init__(package, scheduler)
+    def __init__(self, package, scheduler=None, limits=None):
+        super().__init__(package, scheduler, limits)
         folder = package.path / "depth_estimator"
         self.feature_extractor = DPTImageProcessor.from_pretrained(folder) if self.depth_estimator else None
 

@@ -21,8 +21,8 @@ class InpaintingMixin:
     ``padding_mask_crop``), the UNet channel check, re-imposing the known region for 4-channel UNets, and pasting a
     cropped result back. Mixed in before the pipeline base class."""
 
-    def __init__(self, package, scheduler=None):
-        super().__init__(package, scheduler)
+    def __init__(self, package, scheduler=None, limits=None):
+        super().__init__(package, scheduler, limits)
         self.mask_processor = VaeImageProcessor.for_masks(self.vae_scale_factor)
 
     @property

@@ -20,13 +20,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 from ..image_processor import VaeImageProcessor
 from ..schedulers import Scheduler, as_generator, randn
 from ..schema import default_size
 from .arguments import Prompt, PromptArguments, check_int
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput
 from .call import Call, CallScope, CallState, DenoisingTensors
+from .inputs import Limits, check_finite, input_pixels, user_images
 
 
 class StableDiffusionBase(DiffusionPipeline):
@@ -38,10 +39,10 @@ class StableDiffusionBase(DiffusionPipeline):
     _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents", "prompt_embeds", "negative_prompt_embeds")
     default_guidance_scale: ClassVar[float] = 7.5
 
-    def __init__(self, package, scheduler: Scheduler | None = None):
+    def __init__(self, package, scheduler: Scheduler | None = None, limits: Limits | None = None):
         self.unet_config = package.unet_config
         self.check_unet(package)
-        super().__init__(package, scheduler)
+        super().__init__(package, scheduler, limits)
         self.load_text_side(package)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         idle = CallState(self.default_guidance_scale, guidance_embedding=self.guidance_embedding)
@@ -130,17 +131,27 @@ class StableDiffusionBase(DiffusionPipeline):
         return default_size(self.unet_config, self.vae_scale_factor)
 
     def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """(height, width) of the images to make: the package's default for None; positive multiples of the VAE
+        scale factor within the pipeline's limits."""
         default_h, default_w = self.default_size()
-        height, width = height or default_h, width or default_w
+        height = default_h if height is None else height
+        width = default_w if width is None else width
         f = self.vae_scale_factor
         for name, value in (("height", height), ("width", width)):
             check_int(name, value)
             if value % f:
+                low = value // f * f
+                accepted = f"{low} or {low + f}" if low else f"{f}"
                 raise ConfigError(
                     f"{name}={value} is not a multiple of {f}, the VAE scale factor of this package; accepted: "
-                    f"{value // f * f} or {value // f * f + f}."
+                    f"{accepted}."
                 )
+        self.limits.check_size(int(height), int(width), self._limits_source)
         return int(height), int(width)
+
+    @property
+    def _limits_source(self) -> str:
+        return "this package was exported for (its diffrt.json)" if self.package.shape_range else "the limits set"
 
     def latent_shape(self, call: Call, height: int, width: int, channels: int | None = None) -> tuple[int, ...]:
         """(batch, channels, h, w) of the call's latents at ``height`` x ``width`` pixels."""
@@ -151,7 +162,9 @@ class StableDiffusionBase(DiffusionPipeline):
     def start(self, args: PromptArguments) -> Call:
         """Check what the arguments object could not check alone (against this package), encode the prompts, and
         give the call its own scheduler copy and noise stream; this thread's callbacks now read its settings."""
+        self.take_inputs(args)
         prompts = self.check_prompts(args)
+        self.limits.check_batch(prompts * args.num_images_per_prompt, self._limits_source)
         unknown = [k for k in args.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ConfigError(
@@ -177,6 +190,31 @@ class StableDiffusionBase(DiffusionPipeline):
         self.encode_call_prompts(call)
         call.timestep_cond = self.timestep_cond(call)
         return call
+
+    def take_inputs(self, args: PromptArguments) -> None:
+        """Input images and masks as users pass them, made what the image processor takes (RGB images, L masks,
+        floats in [0, 1]; see :func:`~.inputs.user_images`) within the pixel budget; tensor arguments checked finite."""
+        image, mask = getattr(args, "image", None), getattr(args, "mask_image", None)
+        budget = self.limits.input_pixels
+        if budget is not None and input_pixels(image, mask) > budget:
+            raise ConfigError(
+                f"image and mask_image hold {input_pixels(image, mask)} pixels, more than the {budget} a call may "
+                "decode; accepted: smaller images, or pipeline limits set higher (Limits(input_pixels=...))."
+            )
+        if image is not None:
+            args.image = user_images("image", image, latent_channels=self.latent_channels)
+        if mask is not None:
+            args.mask_image = user_images("mask_image", mask, mask=True)
+        tensors = (
+            "latents",
+            "masked_image_latents",
+            "depth_map",
+            "pooled_prompt_embeds",
+            "negative_pooled_prompt_embeds",
+        )
+        for name in tensors:
+            if getattr(args, name, None) is not None:
+                setattr(args, name, check_finite(name, getattr(args, name)))
 
     def check_prompts(self, args: PromptArguments) -> int:
         """Validate the prompt arguments as diffusers does; return the number of prompts."""
@@ -209,7 +247,7 @@ class StableDiffusionBase(DiffusionPipeline):
         return batch
 
     def _check_embeds(self, name: str, embeds: Any) -> np.ndarray:
-        embeds = np.asarray(embeds, dtype=np.float32)
+        embeds = check_finite(name, embeds)
         width = self.unet_config.cross_attention_dim
         if embeds.ndim != 3 or (width and embeds.shape[-1] != width):
             raise ConfigError(
@@ -324,7 +362,7 @@ class StableDiffusionBase(DiffusionPipeline):
                 start = time.perf_counter()
                 noise_pred, unet_seconds = self.guided_noise(call, tensors, t)
                 latents = scheduler.step(noise_pred, t, tensors.latents, **step_kwargs).prev_sample
-                tensors.latents = latents.astype(np.float32)
+                tensors.latents = self.check_step(latents.astype(np.float32), i, len(timesteps), t)
                 if self.stage_hooks:
                     self.emit("unet", unet_seconds, i)
                     self.emit("scheduler", time.perf_counter() - start - unet_seconds, i)
@@ -334,9 +372,23 @@ class StableDiffusionBase(DiffusionPipeline):
                     names = call.args.callback_on_step_end_tensor_inputs
                     outputs = call.args.callback_on_step_end(self, i, t, tensors.named(names))
                     tensors.replace(outputs, self._callback_tensor_inputs)
+                    self.check_step(tensors.latents, i, len(timesteps), t, "after callback_on_step_end")
                 if i == len(timesteps) - 1 or (i + 1 > warmup and (i + 1) % scheduler.order == 0):
                     bar.update()
         return tensors.latents
+
+    @staticmethod
+    def check_step(latents: np.ndarray, i: int, steps: int, t: Any, when: str = "") -> np.ndarray:
+        """``latents`` unless they turned NaN or infinite, which no later step can undo: then an error naming the
+        step (diffusers would go on and decode a black image)."""
+        if not np.isfinite(latents).all():
+            raise NonFiniteError(
+                f"the latents turned non-finite (NaN or infinity) at step {i + 1} of {steps} (timestep "
+                f"{float(np.asarray(t)):g}){' ' + when if when else ''}; the settings (guidance_scale, eta, "
+                "scheduler) or the package's weights overflow: try smaller values, or check the package with "
+                "`diffrt export` again."
+            )
+        return latents
 
     def guided_noise(self, call: Call, tensors: DenoisingTensors, t: Any) -> tuple[np.ndarray, float]:
         """The UNet's noise prediction at ``t`` with classifier-free guidance (and rescale) applied; the seconds
@@ -403,6 +455,11 @@ class StableDiffusionBase(DiffusionPipeline):
             return StableDiffusionPipelineOutput(images=latents)
         with self.timed("vae_decoder"):
             image = self.vae_decoder.run({"latent_sample": self.unscale_latents(latents)}, ["sample"])
+        if not np.isfinite(image["sample"]).all():
+            raise NonFiniteError(
+                "the VAE decoder gave non-finite pixels (NaN or infinity) from finite latents; it overflows at this "
+                "precision: run it in fp32 (SessionSettings(precision='fp32')) or re-export the package."
+            )
         images = self.image_processor.postprocess(image["sample"], output_type=output_type)
         return StableDiffusionPipelineOutput(images=images)
 

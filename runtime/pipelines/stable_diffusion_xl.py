@@ -11,6 +11,7 @@ place of the target size).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..schedulers import Scheduler
-from .arguments import Prompt, Size, XLArguments, XLImageArguments
+from .arguments import Prompt, Size, XLArguments, XLImageArguments, check_number
 from .call import Call, DenoisingTensors
 from .stable_diffusion import StableDiffusionBase, negative_prompts, prompt_list
 
@@ -310,11 +311,11 @@ class StableDiffusionXLBase(StableDiffusionBase):
         negative_original_size = args.negative_original_size or original_size
         if self.requires_aesthetics_score:
             ids = (*_pair("original_size", original_size), *_pair("crops_coords_top_left", args.crops_coords_top_left))
-            ids = (*ids, _number("aesthetic_score", args.aesthetic_score))
+            ids = (*ids, check_number("aesthetic_score", args.aesthetic_score))
             negative = (
                 *_pair("negative_original_size", negative_original_size),
                 *_pair("negative_crops_coords_top_left", args.negative_crops_coords_top_left),
-                _number("negative_aesthetic_score", args.negative_aesthetic_score),
+                check_number("negative_aesthetic_score", args.negative_aesthetic_score),
             )
         else:
             ids = _time_ids(original_size, args.crops_coords_top_left, target_size)
@@ -414,15 +415,10 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
         not isinstance(value, (tuple, list))
         or len(value) != 2
         or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value)
+        or not all(math.isfinite(v) for v in value)
     ):
         raise ConfigError(f"{name}={value!r} is not supported; accepted: a (height, width) or (top, left) pair.")
     return float(value[0]), float(value[1])
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{name}={value!r} is not supported; accepted: a number.")
-    return float(value)
 
 
 def _time_ids(original_size: Any, crops_coords_top_left: Any, target_size: Any) -> tuple[float, ...]:
