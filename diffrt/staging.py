@@ -135,6 +135,35 @@ def remove_abandoned(folder: str | os.PathLike, name: str) -> list[Path]:
     return handled
 
 
+class Busy(OSError):
+    """Another writer holds the lock of the target (:func:`locked`)."""
+
+
+@contextlib.contextmanager
+def locked(target: str | os.PathLike) -> Iterator[None]:
+    """Hold ``target``'s writer lock for the block: an exclusive ``flock`` on the hidden file ``.<target>.lock``
+    beside it. A second writer of the same target (another process, or another open in this one) gets :class:`Busy`
+    at once instead of waiting; the kernel drops the lock of a killed writer, so none is ever left stale. The lock
+    file is removed when the block ends (a writer that locked a file just removed finds it gone and counts as busy)."""
+    import fcntl
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock_path.exists() or os.stat(lock_path).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise BlockingIOError  # the holder removed this file as we opened it: it was busy
+        except BlockingIOError:
+            raise Busy(f"{target} is being written by another process") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 

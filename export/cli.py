@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
     def progress(name: str, message: str) -> None:
         print(f"  {name:<16} {message}", file=sys.stderr, flush=True)
 
+    from .output import check_output
+
+    loras = _lora_specs(args.lora)
+    # Refuse a bad output before reading anything (export_package checks again against every file it reads).
+    check_output(args.out, args.force, [args.source, *filter(None, [args.config]), *(s.path for s in loras)])
     print(f"reading {args.source}", file=sys.stderr, flush=True)
     from .package import ExportOptions, export_package
     from .source import load_source
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         check=not args.no_check,
         force=args.force,
-        loras=_lora_specs(args.lora),
+        loras=loras,
         allow_pickle=args.allow_pickle,
     )
     source = load_source(args.source, config_dir=args.config, allow_pickle=args.allow_pickle, variant=args.variant)

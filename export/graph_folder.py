@@ -98,7 +98,14 @@ def read_weights_map(folder: Path) -> WeightsMap:
             f"{folder} has no {WEIGHTS_MAP}, so its weights cannot be found by name; the package was "
             "exported by an older diffrt or elsewhere: export it again with `diffrt export ... --lora FILE`."
         )
-    return {k: [(n, bool(t)) for n, t in v] for k, v in json.loads(path.read_text())["parameters"].items()}
+    try:
+        parameters = json.loads(path.read_text())["parameters"]
+        return {str(k): [(str(n), bool(t)) for n, t in v] for k, v in parameters.items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PackageError(
+            f"{path} is not a readable weights map ({type(error).__name__}: {error}); export the package again with "
+            "`diffrt export`."
+        ) from None
 
 
 def _digest(data: bytes) -> bytes:

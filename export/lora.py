@@ -43,6 +43,7 @@ from .ldm_names import UNetBlocks, resnet_layers
 __all__ = ["LORA_FORMATS", "LoraAdapter", "LoraModule", "LoraSpec", "lora_deltas", "read_lora"]
 
 LORA_FORMATS = ("peft", "attn-procs", "kohya")
+MAX_WEIGHT = 1000.0  # adapters are used near 1; a weight of 1e30 fuses into weights whose activations overflow
 
 # The file name diffusers' save_lora_weights writes, read when a folder is given.
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -144,10 +145,11 @@ class LoraSpec:
                     "accepted: FILE or FILE:WEIGHT with a finite number, such as style.safetensors:0.8."
                 )
             if weight is not None:
-                if not math.isfinite(weight):
+                if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
                     raise CheckpointError(
-                        f"LoRA argument {text!r} has the weight {tail!r}; accepted: a finite number, "
-                        "such as style.safetensors:0.8."
+                        f"LoRA argument {text!r} has the weight {tail!r}; accepted: a finite number from "
+                        f"-{MAX_WEIGHT:g} to {MAX_WEIGHT:g}, such as style.safetensors:0.8 (larger ones overflow "
+                        "float32 activations)."
                     )
                 if not head.strip():
                     raise CheckpointError(

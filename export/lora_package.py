@@ -23,6 +23,7 @@ from ..runtime.schema import EXTERNAL_DATA_FILE, MODEL_FILE, PROVENANCE_NAME
 from ..staging import staged_folder
 from .graph_folder import WeightsMap, canonical, read_weights_map, save_graph
 from .lora import LoraAdapter, LoraSpec, lora_deltas, read_lora
+from .output import check_output, writing
 
 LORA_BASE = "lora_base.safetensors"
 LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
@@ -111,8 +112,6 @@ def apply_loras(
     adapter (old or new) touches; nothing is traced and no torch model is built. ``out`` may equal ``package``
     with ``force``.
     """
-    import onnx
-    from safetensors.numpy import load_file
 
     progress = progress or (lambda name, message: None)
     start = time.perf_counter()
@@ -122,10 +121,18 @@ def apply_loras(
         raise PackageError(
             f"{package} is not a diffrt engine package (no {PROVENANCE_NAME}); export one with `diffrt export`."
         )
-    if out.exists() and not force and out.resolve() != package.resolve():
-        raise CheckpointError(f"{out} already exists; choose a new folder or pass --force to replace it.")
-    if out.resolve() == package.resolve() and not force:
-        raise CheckpointError(f"{out} is the package itself; pass --force to rewrite it in place.")
+    check_output(out, force, [package, *(spec.path for spec in specs)], in_place=package)
+    with writing(out):
+        return _apply(package, out, specs, allow_pickle, progress, start)
+
+
+def _apply(
+    package: Path, out: Path, specs: Sequence[LoraSpec], allow_pickle: bool, progress: Progress, start: float
+) -> ApplyReport:
+    import onnx
+    from safetensors.numpy import load_file
+
+    provenance_path = package / PROVENANCE_NAME
     networks = [n for n in LORA_NETWORKS if (package / n / MODEL_FILE).is_file()]
     maps = {name: read_weights_map(package / name) for name in networks}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runtime.errors import CheckpointError
 from ..runtime.networks import Network
 from ..runtime.schema import MODEL_FILE
 from .graph_folder import save_graph, write_weights_map
@@ -144,6 +145,12 @@ def compare_graph(path: Path, network: Network, references: Sequence[Reference])
         for name, g, w in zip(network.output_names, got, ref.outputs, strict=True):
             if g.shape != w.shape:
                 raise AssertionError(f"{network.name}.{name}: ONNX shape {g.shape} != torch {w.shape} at {ref.size}")
+            if not np.isfinite(g).all():
+                raise CheckpointError(
+                    f"{network.name}: the exported graph's {name!r} holds NaN or infinite values at size "
+                    f"{ref.size} (torch's {'does too' if not np.isfinite(w).all() else 'is finite'}); the "
+                    "weights or an adapter overflow; accepted: weights whose outputs are finite."
+                )
             err = float(np.max(np.abs(g.astype(np.float64) - w))) if g.size else 0.0
             scale = float(np.max(np.abs(w))) if w.size else 0.0
             worst_abs = max(worst_abs, err)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..runtime.errors import CheckpointError, ConfigError
+from ..runtime.errors import ConfigError
 from ..runtime.networks import ShapeRange
 from ..runtime.schema import CONFIG_NAME, INDEX_NAME, PROVENANCE_NAME, SCHEDULER_CONFIG, default_size
 from ..staging import staged_folder
@@ -33,6 +33,7 @@ from .onnx_export import (
     export_graph,
     reference_outputs,
 )
+from .output import check_output, writing
 from .source import SDXL_PIPELINES, TOKENIZERS, Source
 
 PACKAGE_FORMAT = 1
@@ -97,14 +98,19 @@ def _size_multiple(source: Source) -> int:
 def export_package(
     source: Source, out: str | Path, options: ExportOptions | None = None, progress: Progress | None = None
 ) -> PackageReport:
-    """Export every network of ``source`` into the engine package folder ``out``."""
-    from .components import build_networks
-
+    """Export every network of ``source`` into the engine package folder ``out`` (checked first: see
+    :mod:`~diffrt.export.output`), holding its writer lock."""
     options = options or ExportOptions()
     progress = progress or (lambda name, message: None)
-    out = Path(out)
-    if out.exists() and not options.force and (not out.is_dir() or any(out.iterdir())):
-        raise CheckpointError(f"{out} already exists; choose a new folder or pass --force to replace it.")
+    sources = [source.path, *source.files, *(spec.path for spec in options.loras)]
+    out = check_output(out, options.force, sources)
+    with writing(out):
+        return _export(source, out, options, progress)
+
+
+def _export(source: Source, out: Path, options: ExportOptions, progress: Progress) -> PackageReport:
+    from .components import build_networks
+
     shape_range = shape_range_for(source, options)
     start = time.perf_counter()
     fused = None

@@ -311,11 +311,32 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
     import safetensors.torch
 
     try:
-        return safetensors.torch.load_file(str(path), device=device)
+        tensors = safetensors.torch.load_file(str(path), device=device)
     except Exception as error:  # SafetensorError, OSError, RuntimeError (device), ... all mean "not loaded"
         raise CheckpointError(
             f"safetensors file {_name(path)} could not be loaded onto {device!r}: {_one_line(error)}."
         ) from None
+    return check_finite_tensors(tensors, path)
+
+
+def check_finite_tensors(tensors: dict, path: str | os.PathLike) -> dict:
+    """``tensors`` (torch or NumPy) unless a floating one holds NaN or infinity, which would make every image black:
+    then a CheckpointError naming the file and the tensor (a damaged file, or a training run that diverged)."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, np.ndarray):
+            bad = tensor.dtype.kind == "f" and not np.isfinite(tensor).all()
+        elif tensor.is_floating_point():
+            if tensor.element_size() == 1:  # float8: no isfinite kernel; widen (small tensors in practice)
+                tensor = tensor.float()
+            bad = not bool(tensor.isfinite().all())
+        else:
+            bad = False
+        if bad:
+            raise CheckpointError(
+                f"{_name(path)}: tensor {name!r} holds NaN or infinite values; the file is damaged or its training "
+                "diverged; accepted: finite weights."
+            )
+    return tensors
 
 
 # Little-endian NumPy dtypes of the safetensors dtypes the torch-free reader converts to float32 (BF16 apart).
@@ -372,7 +393,7 @@ def read_safetensors_numpy(path: str | os.PathLike) -> tuple[dict[str, np.ndarra
                 tensors[name] = array.reshape(info.shape)
     except OSError as error:
         raise _open_error("safetensors file", path, error) from None
-    return tensors, dict(header.metadata)
+    return check_finite_tensors(tensors, path), dict(header.metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -433,7 +454,9 @@ def _tensors_only(obj: object, path: str | os.PathLike) -> dict:
             f"checkpoint file {_name(path)} holds a {type(obj).__name__}; accepted: a dict of tensors "
             "(optionally under 'state_dict')."
         )
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    tensors = check_finite_tensors(
+        {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}, path
+    )
     if not tensors:
         keys = ", ".join(_short(k, 40) for k in list(obj)[:8]) or "none"
         raise CheckpointError(

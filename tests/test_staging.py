@@ -137,3 +137,78 @@ def test_a_new_staged_folder_first_clears_what_dead_writers_left(tmp_path, dead_
     leftover.mkdir()
     with staged_folder(tmp_path / "package") as new:
         assert not leftover.exists() and new.is_dir()
+
+
+KILLED_WRITER = r"""
+import sys, time
+from pathlib import Path
+from diffrt import staging
+
+out, phase, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+real_rename = Path.rename
+
+def rename(self, target):
+    result = real_rename(self, target)
+    if phase == "between-renames" and staging.OLD in Path(target).name:
+        marker.write_text("old moved aside")
+        time.sleep(60)  # killed here: the old package aside, the new one staged, OUT absent
+    return result
+
+Path.rename = rename
+with staging.staged_folder(out) as staged:
+    for i in range(50):
+        (staged / f"file{i}").write_text("new")
+    (staged / "model_index.json").write_text("{}")
+    if phase == "while-writing":
+        marker.write_text("half written")
+        time.sleep(60)  # killed here: the new package half written
+"""
+
+
+def old_package(out: Path) -> dict[str, str]:
+    out.mkdir()
+    for i in range(50):
+        (out / f"file{i}").write_text("old")
+    (out / "model_index.json").write_text("{}")
+    return {p.name: p.read_text() for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("phase", ["while-writing", "between-renames"])
+def test_a_writer_killed_while_replacing_leaves_a_complete_package_never_a_half_one(tmp_path, phase):
+    import os
+    import signal
+    import time
+
+    out, marker = tmp_path / "pkg", tmp_path / "marker"
+    before = old_package(out)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out), phase, str(marker)])
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    assert marker.exists(), "the writer never reached the kill point"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    # What a reader sees right after the kill: the old package whole, or (between the renames) no package at all.
+    if out.exists():
+        assert {p.name: p.read_text() for p in out.iterdir()} == before
+    else:
+        assert phase == "between-renames"
+    # The next writer (or reader tidying up) restores the old package whole and clears the rest.
+    remove_abandoned(tmp_path, "pkg")
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pkg")] == []
+
+
+def test_a_target_has_one_writer_at_a_time_and_the_lock_leaves_no_file(tmp_path):
+    from diffrt.staging import Busy, locked
+
+    out = tmp_path / "pkg"
+    with locked(out):
+        with pytest.raises(Busy, match="being written by another process"):
+            with locked(out):
+                pass
+        with locked(tmp_path / "other"):  # another target is free
+            pass
+    with locked(out):  # free again
+        pass
+    assert list(tmp_path.iterdir()) == []
