@@ -224,6 +224,10 @@ def model_file(path: str | os.PathLike) -> Path:
             f"{model} does not exist; give a network folder of an engine package holding {MODEL_FILE} "
             "or the path of an .onnx file."
         )
+    if model.stat().st_size == 0:
+        raise PackageError(
+            f"{model} is empty (0 bytes): a copy or an export that was cut short; re-export the package."
+        )
     return model
 
 

@@ -9,6 +9,15 @@ Two kinds of entry, each a folder named after the network and a key over what it
 
 Both are written in a hidden staging folder and published whole; whichever writer finishes first wins
 (:func:`publish_entry`). Attention fusion (:func:`fused_graph`) runs before either, so entries hold the fused graph.
+
+Keys and checks are by content, not by path and modification time: a package graph replaced by another of the same
+size with its times kept (``cp -p``, ``rsync -t``, an archive) gets a new entry, and each entry records the digests
+of its own files, verified when it is used; an entry that no longer matches (flipped bytes, a truncated copy) is
+dropped with a warning and built again. :func:`file_digest` hashes files up to 64 MiB in full (graph structure,
+small weights). Larger weight files get a sampled digest: their size, their first and last MiB, and 256 blocks of
+64 KiB spread evenly. That costs ~20 ms where a full hash of SD 1.5's 3.4 GB would cost seconds at every start; it
+can miss a change confined to the bytes between samples of such a file (a deliberate edit of a few weights), not a
+replaced or truncated file.
 """
 
 from __future__ import annotations
@@ -67,9 +76,55 @@ def _keyed_folder(root: Path, model: Path, parts: list[str]) -> Path:
     for part in parts:
         key.update(part.encode() + b"\0")
     for file in sorted(model.parent.glob(model.name + "*")):
-        stat = file.stat()
-        key.update(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode() + b"\0")
+        key.update(f"{file.name}|{file_digest(file)}".encode() + b"\0")
     return root / f"{network_name(model)}-{key.hexdigest()[:20]}"
+
+
+FULL_HASH_BYTES = 64 * 2**20
+SAMPLES, SAMPLE_BYTES, EDGE_BYTES = 256, 64 * 1024, 2**20
+
+
+def file_digest(path: Path) -> str:
+    """A digest of ``path``'s content: SHA-256 of the whole file up to 64 MiB, else of its size, first and last MiB
+    and 256 evenly spread 64 KiB blocks (see the module's docstring for what that can miss)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                digest.update(chunk)
+            return f"sha256:{digest.hexdigest()}"
+        offsets = [0, size - EDGE_BYTES] + [i * (size - SAMPLE_BYTES) // (SAMPLES - 1) for i in range(SAMPLES)]
+        for offset, length in zip(offsets, [EDGE_BYTES, EDGE_BYTES] + [SAMPLE_BYTES] * SAMPLES):
+            f.seek(offset)
+            digest.update(f.read(length))
+    return f"sampled-sha256:{digest.hexdigest()}"
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    return {file.name: file_digest(file) for file in sorted(folder.glob(MODEL_FILE + "*")) if file.is_file()}
+
+
+def usable_entry(folder: Path, name: str) -> bool:
+    """Whether the cache entry ``folder`` exists and its files still match the digests recorded when it was made;
+    an entry that does not (damaged, truncated, or from an older diffrt) is removed with a warning."""
+    if not (folder / MODEL_FILE).is_file():
+        return False
+    try:
+        recorded = json.loads((folder / CACHE_SOURCE_FILE).read_text())["files"]
+        current = _manifest(folder)
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded, current = None, {}
+    if recorded == current:
+        return True
+    logger.warning(
+        "%s: dropping the unusable cached graph %s (its files no longer match the digests recorded when it was "
+        "made); building it again",
+        name,
+        folder,
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
 
 
 @functools.cache
@@ -155,7 +210,8 @@ def publish_entry(staging: Path, folder: Path, model: Path) -> None:
     source = str(model.resolve())
     try:
         if (staging / MODEL_FILE).is_file() and not folder.exists():
-            (staging / CACHE_SOURCE_FILE).write_text(json.dumps({"model": source}) + "\n")
+            record = {"model": source, "files": _manifest(staging)}
+            (staging / CACHE_SOURCE_FILE).write_text(json.dumps(record, indent=1) + "\n")
             if publish_folder(staging, folder, replace=False):
                 for entry in folder.parent.glob(folder.name.rsplit("-", 1)[0] + "-*"):
                     if entry != folder and _cache_source(entry) == source:

@@ -78,6 +78,7 @@ LOAD_ERRORS = (
     ort_state.NoSuchFile,
     ort_state.NoModel,
     ort_state.NotImplemented,
+    ort_state.InvalidArgument,  # e.g. "No graph was found in the protobuf" for an empty or foreign file
 )
 SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 # Where ONNX Runtime looks for the external data (model.onnx.data) of a graph it is given as bytes.
@@ -242,7 +243,7 @@ class OrtEngine:
             providers = [provider, CPU]
         graph = self._graph_file
         self.cached_graph = graph_cache.cached_graph_folder(self.model_path, provider, self.settings)
-        if self.cached_graph is not None and (self.cached_graph / MODEL_FILE).is_file():
+        if self.cached_graph is not None and graph_cache.usable_entry(self.cached_graph, self.name):
             session = self._open_cached(providers)
             if session is not None:
                 return session
@@ -258,7 +259,9 @@ class OrtEngine:
             session = onnxruntime.InferenceSession(graph, sess_options=options, providers=providers, enable_fallback=0)
         except LOAD_ERRORS as error:
             raise PackageError(
-                f"onnxruntime could not load {self.model_path} (network {self.name}) on {provider}: {error}"
+                f"onnxruntime could not load {self.model_path} (network {self.name}) on {provider}: "
+                f"{str(error).strip()}; the file is damaged or not an ONNX graph: re-export the package with "
+                "`diffrt export`."
             ) from error
         finally:
             if staging is not None:

@@ -81,7 +81,7 @@ def fp16_graph(model: Path, name: str, settings: SessionSettings) -> tuple[Path,
         ) from error
     fuse = settings.fuse_attention and graph_cache.attention_pass() is not None
     folder = graph_cache.converted_graph_folder(model, settings, str(fp16.PASS_VERSION), fuse)
-    if folder is not None and (folder / MODEL_FILE).is_file():
+    if folder is not None and graph_cache.usable_entry(folder, name):
         logger.debug("%s: fp16 graph from the cache %s", name, folder)
         return folder / MODEL_FILE, None
     staging = graph_cache.new_entry(folder, "converting without it") if folder is not None else None

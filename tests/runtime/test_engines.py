@@ -411,10 +411,47 @@ def test_a_changed_graph_gets_a_new_entry_and_the_old_one_goes(tmp_path):
     folder = save(affine_model(), tmp_path / "net")
     settings = SessionSettings(cache_dir=tmp_path / "cache")
     old = load_engine(folder, provider="cpu", settings=settings).cached_graph
-    save(affine_model(), folder)  # rewritten: same content, new modification time
-    os.utime(folder / "model.onnx", ns=(1, 1))
-    new = load_engine(folder, provider="cpu", settings=settings).cached_graph
+    times = os.stat(folder / "model.onnx")
+    save(scaled_affine_model(2.0), folder)  # other weights, same size, times kept (cp -p, rsync -t, tar)
+    os.utime(folder / "model.onnx", ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert os.stat(folder / "model.onnx").st_size == times.st_size
+    engine = load_engine(folder, provider="cpu", settings=settings)
+    new = engine.cached_graph
     assert new != old and new.is_dir() and not old.exists()
+    x = np.ones((1, 8), np.float32)
+    assert np.allclose(engine.run({"x": x})["y"], x @ (2 * W) + 2 * B, atol=1e-5)
+
+
+def scaled_affine_model(factor: float) -> onnx.ModelProto:
+    model = affine_model()
+    for tensor in model.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * np.float32(factor), tensor.name))
+    return model
+
+
+def test_the_same_graph_saved_again_keeps_its_entry(tmp_path):
+    folder = save(affine_model(), tmp_path / "net")
+    settings = SessionSettings(cache_dir=tmp_path / "cache")
+    first = load_engine(folder, provider="cpu", settings=settings).cached_graph
+    save(affine_model(), folder)  # same content, a new modification time: the optimized graph still fits
+    os.utime(folder / "model.onnx", ns=(1, 1))
+    assert load_engine(folder, provider="cpu", settings=settings).cached_graph == first
+
+
+def test_flipped_bytes_inside_a_cache_entry_are_found_and_the_entry_rebuilt(affine_dir, tmp_path, caplog):
+    settings = SessionSettings(cache_dir=tmp_path / "cache")
+    entry = load_engine(affine_dir, provider="cpu", settings=settings).cached_graph
+    cached = entry / "model.onnx"
+    data = bytearray(cached.read_bytes())
+    at = bytes(data).index(W.tobytes()[:16])  # inside the stored weight W
+    data[at + 2] ^= 0x40
+    cached.write_bytes(bytes(data))  # same size
+    with caplog.at_level(logging.WARNING, logger="diffrt.engines"):
+        engine = load_engine(affine_dir, provider="cpu", settings=settings)
+    assert "unusable cached graph" in caplog.text
+    x = np.ones((1, 8), np.float32)
+    assert np.allclose(engine.run({"x": x})["y"], x @ W + B, atol=1e-5)
+    assert cached.read_bytes() != bytes(data)  # rebuilt
 
 
 def test_an_unusable_cache_entry_is_dropped_and_rebuilt(affine_dir, tmp_path, caplog):
@@ -544,3 +581,16 @@ def test_the_fp16_graph_goes_to_a_temporary_folder_without_a_usable_cache(packag
         graph = OrtEngine._fp16_graph(stub)
     assert graph.is_file() and graph.parent == Path(stub._scratch.name)
     assert "is not writable" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [(b"", "is empty (0 bytes)"), (b"garbage\x00\x01\x02", "damaged or not an ONNX graph"), (b"\n\x00", "re-export")],
+)
+def test_an_unreadable_graph_file_is_one_sentence_naming_it(tmp_path, content, message):
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(content)
+    with pytest.raises(PackageError) as error:
+        load_engine(folder, provider="cpu", settings=SessionSettings(cache_dir=tmp_path / "cache"))
+    assert message in str(error.value) and str(folder / "model.onnx") in str(error.value)
