@@ -111,6 +111,12 @@ class CLIPTokenizer:
         if settings["model_max_length"] > 10**6:  # transformers' "unset" sentinel
             settings["model_max_length"] = 77
         vocab, merges = _read_vocab_and_merges(folder)
+        for role in ("bos_token", "eos_token", "pad_token"):
+            if settings[role] not in vocab:
+                raise PackageError(
+                    f"tokenizer folder {str(folder)!r}: its {role} {settings[role]!r} is not in the vocabulary; "
+                    "accepted: a vocabulary holding CLIP's special tokens."
+                )
         return cls(vocab, merges, **settings)
 
     # ----- tokenizing ------------------------------------------------------------------------------------------
@@ -183,14 +189,51 @@ def _read_vocab_and_merges(folder: Path) -> tuple[dict[str, int], list]:
                 f"tokenizer file {str(tokenizer_json)!r} does not hold a BPE model with vocab and merges; "
                 "accepted: a CLIP tokenizer.json."
             )
-        return model["vocab"], model["merges"]
+        return _checked(model["vocab"], model["merges"], tokenizer_json, tokenizer_json)
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
     if vocab_file.is_file() and merges_file.is_file():
-        lines = merges_file.read_text(encoding="utf-8").split("\n")
+        try:
+            lines = merges_file.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as error:
+            raise PackageError(f"tokenizer file {str(merges_file)!r} is not UTF-8 text: {error}.") from None
         merges = [line for line in lines if line and not line.startswith("#version")]
-        return _read_json(vocab_file), merges
+        return _checked(_read_json(vocab_file), merges, vocab_file, merges_file)
     missing = [f.name for f in (vocab_file, merges_file) if not f.is_file()]
     raise PackageError(
         f"tokenizer folder {str(folder)!r} lacks {' and '.join(missing)}; accepted: tokenizer.json, or "
         "vocab.json with merges.txt."
     )
+
+
+def _checked(vocab: object, merges: object, vocab_path: Path, merges_path: Path) -> tuple[dict[str, int], list]:
+    """A vocabulary of token -> id and a non-empty list of merges whose parts and results are all in it; a
+    PackageError naming the file otherwise (an empty merges file would tokenize character by character)."""
+    if not isinstance(vocab, dict) or not vocab:
+        raise PackageError(
+            f"tokenizer file {str(vocab_path)!r} holds no vocabulary (an empty or non-object JSON); accepted: a "
+            "CLIP vocabulary of token -> id."
+        )
+    bad = next((k for k, v in vocab.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0), None)
+    if bad is not None:
+        raise PackageError(
+            f"tokenizer file {str(vocab_path)!r} maps {bad!r} to {vocab[bad]!r}; accepted: token ids >= 0."
+        )
+    if not isinstance(merges, list) or not merges:
+        raise PackageError(
+            f"tokenizer file {str(merges_path)!r} holds no BPE merges, so every word would be split into single "
+            "characters; accepted: CLIP's merges (merges.txt lines such as 'i n', or tokenizer.json's model.merges)."
+        )
+    for number, merge in enumerate(merges, start=1):
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(t, str) and t for t in pair):
+            raise PackageError(
+                f"tokenizer file {str(merges_path)!r}: merge {number} ({merge!r}) is not a pair of tokens; accepted: "
+                "two tokens separated by one space."
+            )
+        missing = [t for t in (*pair, pair[0] + pair[1]) if t not in vocab]
+        if missing:
+            raise PackageError(
+                f"tokenizer file {str(merges_path)!r}: merge {number} ({merge!r}) names {missing[0]!r}, which "
+                f"{str(vocab_path)!r} lacks; accepted: merges and a vocabulary from the same tokenizer."
+            )
+    return vocab, merges

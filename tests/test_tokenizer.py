@@ -211,3 +211,46 @@ def test_prompt_type_is_checked(tokenizer_folders):
     tok = CLIPTokenizer.from_pretrained(tokenizer_folders["sd1-vocab-merges"])
     with pytest.raises(ValueError, match="accepted: a string or a list of strings"):
         tok(["a", 3])
+
+
+def _broken_copy(tmp_path, source, vocab=None, merges=None):
+    import shutil
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(source, folder)
+    if vocab is not None:
+        (folder / "vocab.json").write_text(vocab)
+    if merges is not None:
+        (folder / "merges.txt").write_text(merges)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "vocab,merges,message",
+    [
+        (None, "", r"merges\.txt' holds no BPE merges, so every word would be split"),
+        (None, "#version: 0.2\n", "holds no BPE merges"),
+        (None, "#version: 0.2\ni n\nthreewords in line\n", r"merge 2 \('threewords in line'\) is not a pair"),
+        (None, "#version: 0.2\nq z\n", r"merge 1 \('q z'\) names 'qz'.*lacks"),
+        ("{}", None, r"vocab\.json' holds no vocabulary"),
+        ("[1, 2]", None, "holds no vocabulary"),
+        ('{"a": -1}', None, "maps 'a' to -1"),
+    ],
+)
+def test_empty_or_malformed_vocab_and_merges_are_refused_naming_the_file(
+    tmp_path, tokenizer_folders, vocab, merges, message
+):
+    folder = _broken_copy(tmp_path, tokenizer_folders["sd1-vocab-merges"], vocab, merges)
+    with pytest.raises(PackageError, match=message):
+        CLIPTokenizer.from_pretrained(folder)
+
+
+def test_a_vocabulary_without_the_special_tokens_is_refused(tmp_path, tokenizer_folders):
+    import json
+
+    source = tokenizer_folders["sd1-vocab-merges"]
+    vocab = json.loads((source / "vocab.json").read_text())
+    del vocab["<|endoftext|>"]
+    folder = _broken_copy(tmp_path, source, json.dumps(vocab))
+    with pytest.raises(PackageError, match=r"eos_token '<\|endoftext\|>' is not in the vocabulary"):
+        CLIPTokenizer.from_pretrained(folder)
