@@ -266,3 +266,31 @@ def test_step_before_set_timesteps_works_or_says_what_to_do(name):
         assert "set_timesteps" in str(error)
     else:
         assert out.shape == x.shape and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "field,value,accepted",
+    [
+        ("beta_start", "abc", "a number"),
+        ("beta_end", None, "a number"),
+        ("beta_start", float("nan"), "a number"),
+        ("num_train_timesteps", "many", "an integer"),
+        ("num_train_timesteps", 1000.5, "an integer"),
+        ("clip_sample", "yes", "true or false"),
+        ("trained_betas", [0.1, "x"], "a list of finite numbers (or null)"),
+        ("prediction_type", 3, "a string"),
+    ],
+)
+def test_a_config_field_of_the_wrong_kind_is_one_sentence_naming_it(field, value, accepted):
+    with pytest.raises(ConfigError) as error:
+        SCHEDULERS["DDIMScheduler"].from_config({**SD_CONFIG, field: value})
+    message = str(error.value)
+    assert f"field {field}={value!r} is not accepted" in message and f"accepted: {accepted}." in message
+
+
+def test_a_config_file_with_a_non_numeric_field_is_refused_at_load(tmp_path):
+    (tmp_path / "scheduler_config.json").write_text(
+        json.dumps({**SD_CONFIG, "_class_name": "PNDMScheduler", "beta_end": "0.012"})
+    )
+    with pytest.raises(ConfigError, match=r"PNDMScheduler: scheduler config field beta_end='0.012'"):
+        scheduler_from_config(tmp_path)

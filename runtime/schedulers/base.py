@@ -284,6 +284,9 @@ def _recording_config(init):
             except TypeError as error:
                 raise ConfigError(f"{type(self).__name__}: {error}") from None
             given = set(bound.arguments)
+            for name in given - {"self"}:
+                parameter = signature.parameters[name]
+                _check_field(type(self).__name__, name, bound.arguments[name], parameter.annotation)
             bound.apply_defaults()
             values = {k: v for k, v in bound.arguments.items() if k != "self"}
             values[DEFAULTED] = sorted(k for k in values if k not in given)
@@ -291,6 +294,57 @@ def _recording_config(init):
         init(self, *args, **kwargs)
 
     return wrapper
+
+
+_FIELD_KINDS = {
+    "bool": ("true or false", lambda v: isinstance(v, (bool, np.bool_)) or (isinstance(v, int) and v in (0, 1))),
+    "int": ("an integer", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))),
+    # ±infinity is a value some fields take on purpose (DPM-Solver's lambda_min_clipped=-inf); NaN never is
+    "float": ("a number", lambda v: _number(v)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "Sequence[float]": ("a list of finite numbers", lambda v: _number_list(v, _finite_number)),
+    "Sequence[int]": (
+        "a list of integers",
+        lambda v: _number_list(v, lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)),
+    ),
+}
+
+
+def _number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_))
+        and not bool(np.isnan(value))
+    )
+
+
+def _finite_number(value: Any) -> bool:
+    return _number(value) and bool(np.isfinite(value))
+
+
+def _number_list(value: Any, item_ok) -> bool:
+    items = value.tolist() if isinstance(value, np.ndarray) else value
+    return isinstance(items, (list, tuple)) and all(item_ok(x) for x in items)
+
+
+def _check_field(owner: str, name: str, value: Any, annotation: Any) -> None:
+    """A config value of the kind the scheduler declares (from its ``__init__`` annotation), or a ConfigError
+    naming the field: a string where a number belongs would otherwise fail deep inside NumPy."""
+    if not isinstance(annotation, str):
+        return
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return
+        accepted = _FIELD_KINDS.get(kinds[0], (kinds[0],))[0]
+    else:
+        known = [kind for kind in kinds if kind in _FIELD_KINDS]
+        if not known or any(_FIELD_KINDS[kind][1](value) for kind in known):
+            return
+        accepted = " or ".join(_FIELD_KINDS[kind][0] for kind in known)
+    if "None" in kinds:
+        accepted += " (or null)"
+    raise ConfigError(f"{owner}: scheduler config field {name}={value!r} is not accepted; accepted: {accepted}.")
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
