@@ -29,6 +29,26 @@ DEFAULTED = "_use_default_values"  # diffusers' name for the config fields that 
 # Every scheduler class, by diffusers class name; filled by Scheduler.__init_subclass__.
 SCHEDULERS: dict[str, type[Scheduler]] = {}
 
+# diffusers' KarrasDiffusionSchedulers: the family whose members swap for one another through from_config (each
+# lists the others in ``_compatibles``, as in diffusers).
+KARRAS_SCHEDULERS = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "DPMSolverSDEScheduler",
+    "EDMEulerScheduler",
+)
+
 
 class SchedulerConfig(dict):
     """The scheduler's configuration: a dict whose keys also read as attributes (``config.prediction_type``)."""
@@ -83,6 +103,8 @@ class Scheduler:
 
     order: ClassVar[int] = 1
     abstract: ClassVar[bool] = True
+    # Names of the schedulers this one swaps with through from_config, as diffusers' ``_compatibles`` lists them.
+    _compatibles: ClassVar[tuple[str, ...]] = ()
     config: SchedulerConfig
     timesteps: np.ndarray
 
@@ -153,7 +175,9 @@ class Scheduler:
 
     @property
     def compatibles(self) -> list[type[Scheduler]]:
-        return list(SCHEDULERS.values())
+        """This class and the diffrt schedulers diffusers lists as swappable with it (``_compatibles``), by name."""
+        names = {type(self).__name__, *type(self)._compatibles}
+        return [SCHEDULERS[name] for name in sorted(names) if name in SCHEDULERS]
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not k.startswith("_"))

@@ -10,10 +10,11 @@ import numpy as np
 from ..errors import ConfigError, check_choice
 from . import noise_schedule as ns
 from .alpha_bar import AlphaBarScheduler
-from .base import SchedulerOutput, randn
+from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 
 
 class DDIMScheduler(AlphaBarScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(

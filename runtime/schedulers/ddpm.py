@@ -9,13 +9,14 @@ import numpy as np
 from ..errors import ConfigError, check_choice
 from . import noise_schedule as ns
 from .alpha_bar import AlphaBarScheduler
-from .base import SchedulerOutput, randn
+from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 class DDPMScheduler(AlphaBarScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(
@@ -89,15 +90,15 @@ class DDPMScheduler(AlphaBarScheduler):
         if kind == "fixed_small":
             return posterior**0.5
         if kind == "fixed_small_log":
-            return np.exp(0.5 * np.log(posterior))
+            return ns.torch_exp32(0.5 * ns.torch_log32(posterior))
         if kind == "fixed_large":
             return beta**0.5
         if kind == "fixed_large_log":  # diffusers takes sqrt of this log-variance (NaN); we exponentiate it
-            return np.exp(0.5 * np.log(beta))
+            return ns.torch_exp32(0.5 * ns.torch_log32(beta))
         if kind == "learned":
             return predicted_variance**0.5
         frac = (predicted_variance + 1) / 2  # learned_range: interpolate log-variances (Nichol & Dhariwal, eq. 15)
-        return np.exp(0.5 * (frac * np.log(beta) + (1 - frac) * np.log(posterior)))
+        return ns.torch_exp32(0.5 * (frac * ns.torch_log32(beta) + (1 - frac) * ns.torch_log32(posterior)))
 
     def step(
         self,

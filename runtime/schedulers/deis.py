@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import check_choice
-from .base import SchedulerOutput
+from . import noise_schedule as ns
+from .base import KARRAS_SCHEDULERS, SchedulerOutput
 from .exponential_integrator import ExponentialIntegratorScheduler
 
 
@@ -29,6 +30,7 @@ def _basis_integral_3(t, b, c, d):
 
 
 class DEISMultistepScheduler(ExponentialIntegratorScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(
@@ -95,8 +97,8 @@ class DEISMultistepScheduler(ExponentialIntegratorScheduler):
         alpha_s, sigma_s = self.alpha_sigma(self.sigmas[i])
         eps = self.model_outputs[::-1][:order]  # newest first
         if order == 1:  # the exponential-integrator Euler step (DDIM)
-            h = np.log(alpha_t) - np.log(sigma_t) - (np.log(alpha_s) - np.log(sigma_s))
-            return alpha_t / alpha_s * sample - sigma_t * (np.exp(h) - 1) * eps[0]
+            h = ns.torch_log32(alpha_t) - ns.torch_log32(sigma_t) - (ns.torch_log32(alpha_s) - ns.torch_log32(sigma_s))
+            return alpha_t / alpha_s * sample - sigma_t * (ns.torch_exp32(h) - 1) * eps[0]
         rho_t = sigma_t / alpha_t
         nodes = [self._rho(self.sigmas[i - k]) for k in range(order)]  # rho_s0, rho_s1, ...
         integral = _basis_integral_2 if order == 2 else _basis_integral_3

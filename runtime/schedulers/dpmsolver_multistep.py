@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, check_choice
 from . import noise_schedule as ns
-from .base import SchedulerOutput, randn
+from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 from .exponential_integrator import ExponentialIntegratorScheduler
 
 ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
@@ -42,31 +42,31 @@ def dpm_coefficients(algorithm: str, alpha_t, sigma_t, alpha_s, sigma_s, h) -> d
     The expressions keep diffusers' float32 forms (e.g. exp(-h) - 1, not expm1) so rounding matches."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # h = inf at a final sigma of zero
         if algorithm == "dpmsolver++":
-            e = np.exp(-h) - 1.0
+            e = ns.torch_exp32(-h) - 1.0
             return dict(
                 lead=sigma_t / sigma_s,
                 c0=-(alpha_t * e),
                 mid=-0.5 * (alpha_t * e),
                 heun=alpha_t * (e / h + 1.0),
-                third=-(alpha_t * ((np.exp(-h) - 1.0 + h) / h**2 - 0.5)),
+                third=-(alpha_t * ((ns.torch_exp32(-h) - 1.0 + h) / h**2 - 0.5)),
             )
         if algorithm == "sde-dpmsolver++":  # the ODE's weights at 2h, plus noise; diffusers' phi_3 term keeps -0.5
-            e2 = 1 - np.exp(-2.0 * h)
+            e2 = 1 - ns.torch_exp32(-2.0 * h)
             return dict(
-                lead=sigma_t / sigma_s * np.exp(-h),
+                lead=sigma_t / sigma_s * ns.torch_exp32(-h),
                 c0=alpha_t * e2,
                 mid=0.5 * (alpha_t * e2),
                 heun=alpha_t * (e2 / (-2.0 * h) + 1.0),
-                third=alpha_t * ((1.0 - np.exp(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5),
-                noise=sigma_t * np.sqrt(1.0 - np.exp(-2 * h)),
+                third=alpha_t * ((1.0 - ns.torch_exp32(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5),
+                noise=sigma_t * np.sqrt(1.0 - ns.torch_exp32(-2 * h)),
             )
-        e = np.exp(h) - 1.0
+        e = ns.torch_exp32(h) - 1.0
         c = dict(
             lead=alpha_t / alpha_s,
             c0=-(sigma_t * e),
             mid=-0.5 * (sigma_t * e),
             heun=-(sigma_t * (e / h - 1.0)),
-            third=-(sigma_t * ((np.exp(h) - 1.0 - h) / h**2 - 0.5)),
+            third=-(sigma_t * ((ns.torch_exp32(h) - 1.0 - h) / h**2 - 0.5)),
         )
         if algorithm == "sde-dpmsolver":  # twice the ODE's model weights, plus noise
             c = dict(
@@ -74,12 +74,13 @@ def dpm_coefficients(algorithm: str, alpha_t, sigma_t, alpha_s, sigma_s, h) -> d
                 c0=2.0 * -(sigma_t * e),
                 mid=-(sigma_t * e),
                 heun=2.0 * c["heun"],
-                noise=sigma_t * np.sqrt(np.exp(2 * h) - 1.0),
+                noise=sigma_t * np.sqrt(ns.torch_exp32(2 * h) - 1.0),
             )
         return c
 
 
 class DPMSolverMultistepScheduler(ExponentialIntegratorScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .base import SchedulerOutput, randn
+from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 from .dpmsolver_multistep import DPMSolverMultistepScheduler, dpm_coefficients, remap_solver_names
 from .exponential_integrator import ExponentialIntegratorScheduler
 
@@ -24,6 +24,7 @@ ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++")
 
 
 class DPMSolverSinglestepScheduler(ExponentialIntegratorScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(

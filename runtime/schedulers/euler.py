@@ -8,11 +8,12 @@ import numpy as np
 
 from ..errors import ConfigError, check_choice
 from . import noise_schedule as ns
-from .base import SchedulerOutput, randn
+from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 from .sigma_space import SigmaScheduler
 
 
 class EulerDiscreteScheduler(SigmaScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(

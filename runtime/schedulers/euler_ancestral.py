@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import SchedulerOutput, randn
+from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 from .sigma_space import SigmaScheduler
 
 
@@ -21,6 +21,7 @@ def get_ancestral_step(sigma_from: np.float32, sigma_to: np.float32) -> tuple[np
 
 
 class EulerAncestralDiscreteScheduler(SigmaScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(

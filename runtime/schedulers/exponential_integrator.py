@@ -44,9 +44,9 @@ class ExponentialIntegratorScheduler(Scheduler):
         self.alphas_cumprod = ns.alphas_cumprod(self.betas)
         if cfg.get("rescale_betas_zero_snr"):
             self.alphas_cumprod[-1] = 2.0**-24  # keeps sigma finite at zero terminal SNR
-        self.alpha_t = np.sqrt(self.alphas_cumprod)
-        self.sigma_t = np.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = np.log(self.alpha_t) - np.log(self.sigma_t)
+        self.alpha_t = ns.torch_sqrt32(self.alphas_cumprod)
+        self.sigma_t = ns.torch_sqrt32(1 - self.alphas_cumprod)
+        self.lambda_t = ns.torch_log32(self.alpha_t) - ns.torch_log32(self.sigma_t)
         self.sigmas = ns.sigmas_from_alphas_cumprod(self.alphas_cumprod)
         self.timesteps = np.linspace(0, cfg.num_train_timesteps - 1, cfg.num_train_timesteps, dtype=np.float32)[::-1]
         self.num_inference_steps = None
@@ -70,7 +70,9 @@ class ExponentialIntegratorScheduler(Scheduler):
         total = cfg.num_train_timesteps
         lambda_min = np.float32(cfg.get("lambda_min_clipped", -np.inf))
         last = total - int(np.searchsorted(self.lambda_t[::-1], lambda_min))
-        spacing = cfg.get("timestep_spacing", "linspace")
+        # a scheduler without the field (DPM-Solver singlestep) spaces by linspace even when a shared config names
+        # another spacing, as diffusers does
+        spacing = cfg.timestep_spacing if "timestep_spacing" in self.config_fields() else "linspace"
         if spacing == "linspace":
             t = np.linspace(0, last - 1, n + 1).round()[::-1][:-1]
         elif spacing == "leading":
@@ -154,7 +156,7 @@ class ExponentialIntegratorScheduler(Scheduler):
         """log-SNR half: lambda = log(alpha_t) - log(sigma_t)."""
         alpha, sigma_t = self.alpha_sigma(sigma)
         with np.errstate(divide="ignore"):  # sigma = 0 at the end of the schedule: lambda = +inf, as in diffusers
-            return np.log(alpha) - np.log(sigma_t)
+            return ns.torch_log32(alpha) - ns.torch_log32(sigma_t)
 
     def _split_learned_variance(self, model_output: np.ndarray) -> np.ndarray:
         if self.config.get("variance_type") in ("learned", "learned_range"):

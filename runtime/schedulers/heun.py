@@ -8,7 +8,7 @@ import numpy as np
 
 from . import noise_schedule as ns
 from . import second_order as so
-from .base import SchedulerOutput
+from .base import KARRAS_SCHEDULERS, SchedulerOutput
 from .sigma_space import SigmaScheduler
 
 
@@ -16,6 +16,8 @@ class HeunDiscreteScheduler(SigmaScheduler):
     """Each step sigma_i -> sigma_{i+1} takes two ``step`` calls: an Euler predictor, then the trapezoidal
     corrector with the model evaluated at sigma_{i+1}. ``timesteps`` lists t_{i+1} twice (corrector, next
     predictor); the last step to sigma = 0 is a plain Euler step."""
+
+    _compatibles = KARRAS_SCHEDULERS
 
     order = 2
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import second_order as so
-from .base import SchedulerOutput, randn
+from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 from .sigma_space import SigmaScheduler
 
 
@@ -15,6 +15,8 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
     """Each step sigma_i -> sigma_{i+1} takes two ``step`` calls: an Euler step to the log-midpoint
     sigma_mid = sqrt(sigma_i sigma_{i+1}), then a full step from sigma_i along the slope found at sigma_mid.
     ``timesteps`` interleaves t_i with the fractional timestep of each sigma_mid."""
+
+    _compatibles = KARRAS_SCHEDULERS
 
     order = 2
 

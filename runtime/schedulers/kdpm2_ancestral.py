@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import noise_schedule as ns
 from . import second_order as so
+from .base import KARRAS_SCHEDULERS
 from .kdpm2 import KDPM2DiscreteScheduler
 
 
@@ -13,13 +15,15 @@ class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):
     of std sigma_up (sigma_down^2 + sigma_up^2 = sigma_{i+1}^2); the midpoint is sqrt(sigma_i sigma_down).
     One noise draw of the sample's shape per step, at its second stage."""
 
+    _compatibles = KARRAS_SCHEDULERS
+
     def _set_sigma_tables(self, sigmas: np.ndarray) -> np.ndarray:
         """Fill the interleaved ``sigmas``, ``sigmas_interpol``, ``sigmas_up``, ``sigmas_down`` tables (2n + 2,);
         return the n - 1 midpoint timesteps. Entry i of each table belongs to the step leaving sigma_i."""
         sigma_next = np.append(sigmas[1:], np.float32(0.0))
         with np.errstate(divide="ignore", invalid="ignore"):  # the last entry (sigma = 0) is nan and never read
-            sigma_up = (sigma_next**2 * (sigmas**2 - sigma_next**2) / sigmas**2) ** 0.5
-            sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+            sigma_up = ns.torch_sqrt32(sigma_next**2 * (sigmas**2 - sigma_next**2) / sigmas**2)
+            sigma_down = ns.torch_sqrt32(sigma_next**2 - sigma_up**2)
         # that difference cancels when sigma_next << sigma (squaredcos_cap_v2's first step) and can go negative,
         # where diffusers gets nan; there take the exact sigma_down = sigma_next^2 / sigma instead
         lost = np.isnan(sigma_down[:-1])

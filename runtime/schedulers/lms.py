@@ -8,7 +8,7 @@ import numpy as np
 from numpy.polynomial import polynomial as P
 
 from ..errors import ConfigError
-from .base import SchedulerOutput
+from .base import KARRAS_SCHEDULERS, SchedulerOutput
 from .sigma_space import SigmaScheduler
 
 
@@ -26,6 +26,7 @@ def lms_coefficient(sigmas: np.ndarray, order: int, t: int, j: int) -> float:
 
 
 class LMSDiscreteScheduler(SigmaScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(

@@ -1,13 +1,16 @@
 """Noise-schedule math shared by every scheduler: betas, sigma schedules, timestep spacing, thresholding.
 
-Tables follow diffusers' dtypes where that decides results: betas and cumulative alphas are float32 (diffusers
-builds them as float32 tensors); sigma resampling and sigma-to-timestep interpolation run in float64 (diffusers
-does them in NumPy).
+Tables follow diffusers' dtypes and rounding where that decides results: betas and cumulative alphas are float32
+(diffusers builds them as float32 tensors, with torch's float32 ``linspace``, reproduced bit for bit by
+``torch_linspace``); sigma resampling and sigma-to-timestep interpolation run in float64 (diffusers does them in
+NumPy).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import platform
 from collections.abc import Iterable
 
 import numpy as np
@@ -17,6 +20,91 @@ from ..errors import ConfigError, check_choice
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+# ----- torch's float32 linspace, bit for bit --------------------------------------------------------------------
+def torch_fuses_multiply_add() -> bool:
+    """Whether torch's CPU kernels on this host evaluate ``a + b * c`` with one rounding (a fused multiply-add).
+
+    torch picks its kernels by CPU at run time: the AVX2 and AVX-512 builds of ``linspace`` fuse, the baseline
+    x86-64 build (no FMA instruction) rounds the product and the sum separately. ``ATEN_CPU_CAPABILITY`` overrides
+    the choice there and here alike. Other architectures (aarch64: FMA is baseline and compilers contract) are
+    taken to fuse; that was not measured."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if capability:
+        return capability != "default"
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    return _x86_has("AVX2") and _x86_has("FMA3")
+
+
+def _x86_has(feature: str) -> bool:
+    try:  # NumPy's own run-time CPU dispatch table
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # pragma: no cover - NumPy < 2
+        from numpy.core._multiarray_umath import __cpu_features__
+    return bool(__cpu_features__.get(feature, False))
+
+
+def _fused_round(base: np.ndarray, step: np.float32, count: np.ndarray) -> np.ndarray:
+    """float32(base + step * count) rounded once. step * count is exact in float64 (24-bit by <29-bit integers);
+    the float64 sum's rounding error is recovered (Knuth's TwoSum) to settle the one case where rounding the
+    float64 sum to float32 rounds twice: a sum that lands exactly halfway between two float32 values."""
+    base = np.asarray(base, dtype=np.float64)
+    product = np.float64(step) * count.astype(np.float64)
+    total = base + product
+    virtual = total - base
+    error = (base - (total - virtual)) + (product - virtual)
+    rounded = total.astype(np.float32)
+    toward = np.nextafter(rounded, np.where(total > rounded, np.float32(np.inf), np.float32(-np.inf)))
+    halfway = (total != rounded) & (total - rounded == toward.astype(np.float64) - total)
+    moves_toward = np.sign(error) == np.sign(toward.astype(np.float64) - rounded)
+    return np.where(halfway & (error != 0) & moves_toward, toward, rounded)
+
+
+def torch_linspace(start: float, end: float, steps: int, fused: bool | None = None) -> np.ndarray:
+    """``torch.linspace(start, end, steps, dtype=torch.float32)`` as torch's CPU kernel computes it.
+
+    step = (end - start) / (steps - 1) in float32; the first half of the points is start + step * i and the
+    second half end - step * (steps - 1 - i), so both ends are exact. ``fused`` (default: as torch does on this
+    host, see ``torch_fuses_multiply_add``) rounds each point once; otherwise the product is rounded first."""
+    start32, end32 = np.float32(start), np.float32(end)
+    if steps == 1:
+        return np.array([start32], dtype=np.float32)
+    step = np.float32((end32 - start32) / np.float32(steps - 1))
+    i = np.arange(steps)
+    first = i < steps // 2
+    base = np.where(first, start32, end32)
+    count = np.where(first, i, -(steps - 1 - i))
+    if fused if fused is not None else torch_fuses_multiply_add():
+        return _fused_round(base, step, count)
+    return (base + step * count.astype(np.float32)).astype(np.float32)
+
+
+def torch_sqrt32(x: np.ndarray) -> np.ndarray:
+    """float32 square root, correctly rounded. torch's CPU float32 ``sqrt`` / ``** 0.5`` (the tables diffusers
+    builds) is not: it lands one ulp low for about 0.6% of inputs, under every ATEN_CPU_CAPABILITY; that last bit
+    is not reproduced here (tests inject torch's to show everything built on it is bit-exact)."""
+    return np.sqrt(np.asarray(x, dtype=np.float32))
+
+
+def torch_log32(x: np.ndarray) -> np.ndarray:
+    """float32 natural log rounded correctly, as torch's CPU ``log`` rounds nearly always (NumPy's float32 SIMD
+    ``log`` is off by an ulp for about a fifth of inputs, so it is used only where diffusers calls NumPy)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+def torch_exp32(x: np.ndarray) -> np.ndarray:
+    """float32 exp rounded correctly, as torch's CPU ``exp`` rounds nearly always (see ``torch_log32``)."""
+    with np.errstate(over="ignore"):
+        return np.exp(np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+def torch_expm1_32(x: np.ndarray) -> np.ndarray:
+    """float32 exp(x) - 1 rounded correctly, as torch's CPU ``expm1`` rounds nearly always."""
+    with np.errstate(over="ignore"):
+        return np.expm1(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 
 # ----- betas and alphas -------------------------------------------------------------------------------------
@@ -71,16 +159,16 @@ def make_betas(
     check_choice("beta_schedule", beta_schedule, accepted, owner)
     n = num_train_timesteps
     if beta_schedule == "linear":
-        return np.linspace(beta_start, beta_end, n, dtype=np.float64).astype(np.float32)
+        return torch_linspace(beta_start, beta_end, n)
     if beta_schedule == "scaled_linear":  # the Stable Diffusion schedule: linear in sqrt(beta)
-        return (np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float64).astype(np.float32)) ** 2
+        return torch_linspace(beta_start**0.5, beta_end**0.5, n) ** 2
     if beta_schedule == "squaredcos_cap_v2":
         return betas_for_alpha_bar(n)
     if beta_schedule in ("laplace", "exp"):  # DDPM's and Heun's extra alpha_bar transforms
         return betas_for_alpha_bar(n, alpha_transform_type=beta_schedule)
     if beta_schedule == "sigmoid":  # GeoDiff's schedule (DDPM only)
-        x = np.linspace(-6, 6, n, dtype=np.float64).astype(np.float32)
-        return (1 / (1 + np.exp(-x)) * (beta_end - beta_start) + beta_start).astype(np.float32)
+        sigmoid = np.float32(1) / (np.float32(1) + torch_exp32(-torch_linspace(-6, 6, n)))
+        return sigmoid * np.float32(beta_end - beta_start) + np.float32(beta_start)
     raise AssertionError(beta_schedule)  # check_choice covers every accepted name
 
 
@@ -116,7 +204,7 @@ def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
     """Variance-exploding noise levels sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), in training order."""
-    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).astype(np.float32)
+    return torch_sqrt32((1 - alphas_cumprod) / alphas_cumprod)
 
 
 # ----- timestep spacing (Lin et al. 2023, Table 2) ----------------------------------------------------------
@@ -265,3 +353,39 @@ def dynamic_threshold(sample: np.ndarray, ratio: float, max_value: float) -> np.
     s = np.quantile(np.abs(flat), ratio, axis=1).astype(flat.dtype)
     s = np.clip(s, 1, max_value)[:, None]
     return (np.clip(flat, -s, s) / s).reshape(sample.shape).astype(dtype)
+
+
+# ----- float64 linspace and alpha_bar transforms (CogVideoX) ------------------------------------------------
+def torch_linspace64(start: float, end: float, steps: int, fused: bool | None = None) -> np.ndarray:
+    """``torch.linspace(start, end, steps, dtype=torch.float64)`` as torch's CPU kernel computes it: the two-halves
+    formula of ``torch_linspace`` in float64. Where torch fuses the multiply-add, each point is rounded once
+    (exact rational arithmetic stands in for the FMA, which Python 3.11 lacks)."""
+    start, end = float(start), float(end)
+    if steps == 1:
+        return np.array([start])
+    step = (end - start) / (steps - 1)
+    i = np.arange(steps)
+    first = i < steps // 2
+    base = np.where(first, start, end)
+    count = np.where(first, i, -(steps - 1 - i))
+    if fused if fused is not None else torch_fuses_multiply_add():
+        from fractions import Fraction  # imported here: this section only appends to the module
+
+        exact_step = Fraction(step)
+        return np.array([float(Fraction(b) + exact_step * int(c)) for b, c in zip(base, count, strict=True)])
+    return base + step * count
+
+
+def snr_shifted_alphas_cumprod(alphas_cumprod: np.ndarray, shift: float) -> np.ndarray:
+    """alpha_bar whose SNR is the given one divided by ``shift`` (the SD3 resolution shift, as CogVideoX applies
+    it to a discrete table): alpha_bar / (shift + (1 - shift) alpha_bar), in the table's dtype."""
+    return alphas_cumprod / (shift + (1 - shift) * alphas_cumprod)
+
+
+def zero_terminal_snr_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """Lin et al. 2023, Algorithm 1 applied to alpha_bar itself (not to betas): shift and scale sqrt(alpha_bar) so
+    the last is 0 and the first unchanged. Returns alpha_bar in the table's dtype."""
+    root = torch_sqrt32(alphas_cumprod) if alphas_cumprod.dtype == np.float32 else np.sqrt(alphas_cumprod)
+    first, last = root[0], root[-1]
+    root = (root - last) * (first / (first - last))
+    return root**2

@@ -10,10 +10,11 @@ import numpy as np
 from ..errors import ConfigError, check_choice
 from . import noise_schedule as ns
 from .alpha_bar import AlphaBarScheduler
-from .base import SchedulerOutput
+from .base import KARRAS_SCHEDULERS, SchedulerOutput
 
 
 class PNDMScheduler(AlphaBarScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
     pndm_order = 4  # PRK warm-up covers the last 4 leading timesteps, PLMS then runs 4th order
 

@@ -94,10 +94,10 @@ class SigmaScheduler(Scheduler):
     @property
     def init_noise_sigma(self) -> float:
         """Standard deviation of the initial latents (leading spacing starts below the highest training sigma)."""
-        max_sigma = float(self.sigmas.max())
+        max_sigma = np.float32(self.sigmas.max())
         if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
+            return float(max_sigma)
+        return float(np.sqrt(max_sigma * max_sigma + np.float32(1)))  # float32 throughout, as diffusers' tensor
 
     def scale_model_input(self, sample: np.ndarray, timestep: float) -> np.ndarray:
         """Divide by sqrt(sigma^2 + 1) so the model sees the variance-preserving input it was trained on."""

@@ -15,11 +15,12 @@ import numpy as np
 
 from ..errors import ConfigError, check_choice
 from . import noise_schedule as ns
-from .base import SchedulerOutput
+from .base import KARRAS_SCHEDULERS, SchedulerOutput
 from .exponential_integrator import ExponentialIntegratorScheduler
 
 
 class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
+    _compatibles = KARRAS_SCHEDULERS
     order = 1
 
     def __init__(
@@ -148,8 +149,8 @@ class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
         predict_x0 = self.config.predict_x0
         alpha_t, sigma_t = self.alpha_sigma(self.sigmas[start + 1])
         alpha_s0, sigma_s0 = self.alpha_sigma(self.sigmas[start])
-        lambda_s0 = np.log(alpha_s0) - np.log(sigma_s0)
-        h = np.log(alpha_t) - np.log(sigma_t) - lambda_s0
+        lambda_s0 = ns.torch_log32(alpha_s0) - ns.torch_log32(sigma_s0)
+        h = ns.torch_log32(alpha_t) - ns.torch_log32(sigma_t) - lambda_s0
         m0 = self.model_outputs[-1]
         rks, d1s = [], []
         for k in range(1, order):  # divided differences against earlier outputs, at ratios r_k of h
@@ -158,7 +159,7 @@ class UniPCMultistepScheduler(ExponentialIntegratorScheduler):
             d1s.append((self.model_outputs[-(k + 1)] - m0) / rk)
         rks = np.array(rks + [1.0], dtype=np.float32)
         hh = -h if predict_x0 else h
-        h_phi_1 = np.expm1(hh)  # h * phi_1(h) = e^h - 1
+        h_phi_1 = ns.torch_expm1_32(hh)  # h * phi_1(h) = e^h - 1
         b_h = hh if self.config.solver_type == "bh1" else h_phi_1
         h_phi_k, factorial, b = h_phi_1 / hh - 1, 1, []
         for k in range(1, order + 1):  # b_k = (k! h phi_{k+1}(h)) / B(h), phi by its recurrence

@@ -166,3 +166,11 @@ def test_sde_noise_draws_match_diffusers(solver_type, steps):
 )
 def test_img2img_entry_matches_diffusers(extra, strength):
     assert_img2img_parity(NAME, {**BASE, **extra}, 25, strength)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [4, 25])
+def test_spacing_from_a_shared_config_is_ignored_like_diffusers(spacing, steps):
+    # diffusers' singlestep solver has no timestep_spacing field and always spaces by linspace; a config shared
+    # with a scheduler that has one (SD's "leading") must not change its schedule
+    assert_sampling_parity(NAME, {**SD_BASE, "timestep_spacing": spacing}, steps)
