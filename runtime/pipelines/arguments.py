@@ -33,7 +33,8 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 # The order diffusers' pipelines list their arguments in: signatures show them so.
 DIFFUSERS_ORDER = (
     *("prompt", "prompt_2", "image", "mask_image", "masked_image_latents", "depth_map", "height", "width"),
-    *("padding_mask_crop", "strength", "num_inference_steps", "denoising_start", "denoising_end", "guidance_scale"),
+    *("padding_mask_crop", "strength", "num_inference_steps", "timesteps", "sigmas", "denoising_start"),
+    *("denoising_end", "guidance_scale"),
     *("negative_prompt", "negative_prompt_2", "num_images_per_prompt", "batch_size", "eta", "generator", "latents"),
     *("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
     *("output_type", "guidance_rescale", "original_size", "crops_coords_top_left", "target_size"),
@@ -56,6 +57,24 @@ def check_number(name: str, value: Any, low: float = -math.inf, high: float = ma
         accepted = "a finite number" if (low, high) == (-math.inf, math.inf) else f"a number from {low:g} to {high:g}"
         raise ConfigError(f"{name}={value!r} is not supported; accepted: {accepted}.")
     return float(value)
+
+
+def check_schedule(name: str, values: Any) -> list[float] | None:
+    """A custom schedule: a non-empty list of finite numbers, or None."""
+    if values is None:
+        return None
+    items = values.tolist() if isinstance(values, np.ndarray) else values
+    if (
+        isinstance(items, (str, bytes))
+        or not isinstance(items, Sequence)
+        or not items
+        or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in items
+        )
+    ):
+        raise ConfigError(f"{name}={values!r} is not supported; accepted: a non-empty list of finite numbers.")
+    return list(items)
 
 
 def check_output_type(output_type: Any) -> str:
@@ -134,9 +153,18 @@ class PromptArguments(CallArguments):
     callback_on_step_end: StepCallback | None = None
     """``callback(pipe, step, timestep, tensors) -> {name: tensor}`` after every step; may replace tensors."""
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
+    timesteps: Sequence[float] | None = None
+    """A custom schedule, as diffusers' ``retrieve_timesteps`` takes it: the scheduler's ``set_timesteps(timesteps=)``
+    runs instead of spacing ``num_inference_steps``, which then counts these timesteps."""
+    sigmas: Sequence[float] | None = None
+    """A custom noise-level schedule for schedulers whose ``set_timesteps`` takes ``sigmas=`` (one of the two)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.timesteps is not None and self.sigmas is not None:
+            raise ConfigError("timesteps and sigmas were both given; accepted: one custom schedule, or neither.")
+        self.timesteps = check_schedule("timesteps", self.timesteps)
+        self.sigmas = check_schedule("sigmas", self.sigmas)
         self.num_images_per_prompt = check_int("num_images_per_prompt", self.num_images_per_prompt)
         self.guidance_scale = check_number("guidance_scale", self.guidance_scale)
         self.guidance_rescale = check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)

@@ -25,7 +25,7 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
         call = self.start(args)
         conditioning = self.conditioning(call, args)
         pixels = self.image_processor.preprocess(args.image)
-        timesteps, steps = self.strength_timesteps(call.scheduler, args.num_inference_steps, args.strength)
+        timesteps, steps = self.strength_timesteps(call.scheduler, args)
         latents = self.noised_image_latents(call, pixels, timesteps[0])
         latents = self.denoise(call, timesteps, steps, self.denoising_tensors(call, latents, **conditioning))
         return self.decode_latents(latents, args.output_type)

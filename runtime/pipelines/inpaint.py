@@ -131,7 +131,7 @@ class StableDiffusionInpaintPipeline(InpaintingMixin, StableDiffusionBase):
         size = self.check_size(args.height, args.width)
         self.check_images(args)
         call = self.start(args)
-        timesteps, steps = self.strength_timesteps(call.scheduler, args.num_inference_steps, args.strength)
+        timesteps, steps = self.strength_timesteps(call.scheduler, args)
         pixels, mask, crops_coords = self.preprocess_inpainting(args, size)
 
         # Draw order as in diffusers: image posterior (when needed), initial noise, masked-image posterior.

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError, NonFiniteError
 from ..image_processor import VaeImageProcessor
-from ..schedulers import Scheduler, as_generator, randn
+from ..schedulers import SCHEDULERS, Scheduler, as_generator, randn
 from ..schema import default_size
 from .arguments import Prompt, PromptArguments, check_int
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput
@@ -482,18 +482,47 @@ class StableDiffusionBase(DiffusionPipeline):
             latents = self.check_latents(latents, shape, f"{shape[0]} images of {size[0]}x{size[1]} pixels")
         return (latents * call.scheduler.init_noise_sigma).astype(np.float32)
 
-    def strength_timesteps(
-        self, scheduler: Scheduler, num_inference_steps: int, strength: float
-    ) -> tuple[np.ndarray, int]:
-        """The schedule image-to-image runs: the last ``strength`` of ``num_inference_steps`` steps."""
-        timesteps = scheduler.set_timesteps_for_strength(num_inference_steps, strength)
-        steps = min(int(num_inference_steps * strength), num_inference_steps)
+    def set_schedule(self, scheduler: Scheduler, args) -> int:
+        """Set the call's schedule as diffusers' ``retrieve_timesteps`` does: the custom ``timesteps`` / ``sigmas``
+        when given (their length is then the step count), else ``num_inference_steps`` spaced per config.
+        Returns the step count."""
+        custom = custom_schedule(scheduler, args)
+        if custom is None:
+            scheduler.set_timesteps(args.num_inference_steps)
+            return args.num_inference_steps
+        scheduler.set_timesteps(**custom)
+        return len(scheduler.timesteps)
+
+    def strength_timesteps(self, scheduler: Scheduler, args) -> tuple[np.ndarray, int]:
+        """The schedule image-to-image runs: the last ``strength`` of ``num_inference_steps`` steps (of the custom
+        schedule, when one is given)."""
+        custom = custom_schedule(scheduler, args) or {}
+        timesteps = scheduler.set_timesteps_for_strength(args.num_inference_steps, args.strength, **custom)
+        count = len(scheduler.timesteps) if custom else args.num_inference_steps
+        steps = min(int(count * args.strength), count)
         if steps < 1:
             raise ConfigError(
-                f"strength={strength} with num_inference_steps={num_inference_steps} leaves no denoising step; "
+                f"strength={args.strength} with {count} inference steps leaves no denoising step; "
                 f"accepted: strength * num_inference_steps >= 1."
             )
         return timesteps, steps
+
+
+def custom_schedule(scheduler: Scheduler, args) -> dict[str, list[float]] | None:
+    """``{"timesteps": [...]}`` or ``{"sigmas": [...]}`` from the call's arguments, or None; a scheduler whose
+    ``set_timesteps`` takes no such schedule is refused, naming those that do."""
+    for kind in ("timesteps", "sigmas"):
+        values = getattr(args, kind, None)
+        if values is None:
+            continue
+        if kind not in inspect.signature(scheduler.set_timesteps).parameters:
+            takers = sorted(n for n, c in SCHEDULERS.items() if kind in inspect.signature(c.set_timesteps).parameters)
+            raise ConfigError(
+                f"{kind}= is not supported by {type(scheduler).__name__}, whose set_timesteps takes no custom {kind}; "
+                f"accepted with: {', '.join(takers)}."
+            )
+        return {kind: values}
+    return None
 
 
 class KnownRegion:

@@ -353,8 +353,8 @@ class StableDiffusionXLBase(StableDiffusionBase):
         the timesteps below the discrete cut-off (strength then plays no part)."""
         scheduler, args, start_at = call.scheduler, call.args, call.state.denoising_start
         if start_at is None:
-            return self.strength_timesteps(scheduler, args.num_inference_steps, args.strength)
-        scheduler.set_timesteps(args.num_inference_steps)
+            return self.strength_timesteps(scheduler, args)
+        self.set_schedule(scheduler, args)
         cutoff = discrete_cutoff(scheduler, start_at)
         steps = int(np.sum(np.asarray(scheduler.timesteps) < cutoff))
         if scheduler.order == 2 and steps % 2 == 0:

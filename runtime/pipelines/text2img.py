@@ -17,11 +17,9 @@ class StableDiffusionPipeline(StableDiffusionBase):
         seed."""
         size = self.check_size(args.height, args.width)
         call = self.start(args)
-        call.scheduler.set_timesteps(args.num_inference_steps)
+        steps = self.set_schedule(call.scheduler, args)
         # The UNet's input width, as diffusers sizes text-to-image latents (the VAE's latent channels here).
         shape = self.latent_shape(call, *size, channels=self.unet_config.in_channels)
         latents = self.initial_latents(call, shape, args.latents, size)
-        latents = self.denoise(
-            call, call.scheduler.timesteps, args.num_inference_steps, self.denoising_tensors(call, latents)
-        )
+        latents = self.denoise(call, call.scheduler.timesteps, steps, self.denoising_tensors(call, latents))
         return self.decode_latents(latents, args.output_type)

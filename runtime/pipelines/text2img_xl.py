@@ -22,7 +22,7 @@ class StableDiffusionXLPipeline(StableDiffusionXLBase):
         size = self.check_size(args.height, args.width)
         call = self.start(args)
         scheduler = call.scheduler
-        scheduler.set_timesteps(args.num_inference_steps)
+        self.set_schedule(scheduler, args)
         shape = self.latent_shape(call, *size, channels=self.unet_config.in_channels)
         latents = self.initial_latents(call, shape, args.latents, size)
         tensors = self.denoising_tensors(call, latents, add_time_ids=self.text2img_time_ids(call, size))

@@ -30,6 +30,16 @@ class AlphaBarScheduler(Scheduler):
         self.timesteps = np.arange(cfg.num_train_timesteps, dtype=np.int64)[::-1].copy()
         self.num_inference_steps = None
 
+    def previous_timestep(self, timestep: int) -> int:
+        """The timestep after ``timestep`` in the schedule (-1 after the last), or t - 1 before set_timesteps."""
+        if not (getattr(self, "custom_timesteps", False) or self.num_inference_steps):
+            return int(timestep) - 1
+        matches = np.flatnonzero(self.timesteps == int(timestep))
+        if len(matches) == 0:
+            raise ConfigError(f"timestep={timestep!r} is not in this scheduler's timesteps; pass one of them.")
+        index = int(matches[0])
+        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+
     def predict_x0(self, model_output: np.ndarray, sample: np.ndarray, alpha_bar: np.float32) -> np.ndarray:
         """x_0 from the model output at a timestep with cumulative alpha ``alpha_bar`` (epsilon / v / sample)."""
         kind = self.config.prediction_type

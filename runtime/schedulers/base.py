@@ -237,13 +237,18 @@ class Scheduler:
         """Input scaling the model expects at ``timestep``; identity unless the scheduler works in sigma space."""
         return sample
 
-    def set_timesteps_for_strength(self, num_inference_steps: int, strength: float) -> np.ndarray:
-        """Image-to-image entry point: ``set_timesteps(num_inference_steps)``, then skip the first
-        ``1 - strength`` of the schedule and mark where denoising begins. Returns the timesteps left to run;
-        the first of them is the one to ``add_noise`` at."""
+    def set_timesteps_for_strength(self, num_inference_steps: int, strength: float, **custom: Any) -> np.ndarray:
+        """Image-to-image entry point: ``set_timesteps(num_inference_steps)`` (or ``set_timesteps(**custom)`` for a
+        custom ``timesteps=`` / ``sigmas=`` schedule, whose length then counts the steps, as in diffusers), then skip
+        the first ``1 - strength`` of the schedule and mark where denoising begins. Returns the timesteps left to
+        run; the first of them is the one to ``add_noise`` at."""
         if not 0.0 <= strength <= 1.0:
             raise ConfigError(f"strength={strength!r} is not supported; accepted: a number from 0 to 1.")
-        self.set_timesteps(num_inference_steps)
+        if custom:
+            self.set_timesteps(**custom)
+            num_inference_steps = len(self.timesteps)
+        else:
+            self.set_timesteps(num_inference_steps)
         init_steps = min(int(num_inference_steps * strength), num_inference_steps)
         t_start = max(num_inference_steps - init_steps, 0)
         self.set_begin_index(t_start * self.order)

@@ -64,13 +64,6 @@ class DDPMScheduler(AlphaBarScheduler):
         self.custom_timesteps, self.num_inference_steps = False, n
         self.timesteps = spaced.astype(np.int64)
 
-    def previous_timestep(self, timestep: int) -> int:
-        """The timestep after ``timestep`` in the schedule (-1 after the last), or t - 1 before set_timesteps."""
-        if not (self.custom_timesteps or self.num_inference_steps):
-            return int(timestep) - 1
-        index = self.index_for_timestep(timestep)
-        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
-
     def _alpha_bars(self, t: int) -> tuple[np.float32, np.float32]:
         prev_t = self.previous_timestep(t)
         alpha_bar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else np.float32(1.0)

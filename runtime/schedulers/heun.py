@@ -45,10 +45,16 @@ class HeunDiscreteScheduler(SigmaScheduler):
         """True when the next ``step`` is a predictor (Euler) stage."""
         return self.dt is None
 
-    def set_timesteps(self, num_inference_steps: int | None = None, timesteps: Sequence[float] | None = None) -> None:
-        """Choose the inference schedule: ``num_inference_steps`` spaced per config, or explicit ``timesteps``."""
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        num_train_timesteps: int | None = None,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
+        """Choose the inference schedule: ``num_inference_steps`` spaced per config (over ``num_train_timesteps``
+        training steps when given), or explicit ``timesteps``."""
         n = self._check_schedule_arguments(num_inference_steps, timesteps)
-        timesteps, sigmas = self._spaced_sigmas(n, timesteps)
+        timesteps, sigmas = self._spaced_sigmas(n, timesteps, num_train_timesteps=num_train_timesteps)
         sigmas = np.append(sigmas, 0.0).astype(np.float32)
         # (2n,): sigma_0, then sigma_1..sigma_{n-1} twice, then 0; timesteps (2n - 1,) likewise without the 0
         self.sigmas = np.append(so.repeat_after_first(sigmas[:-1]), sigmas[-1:])

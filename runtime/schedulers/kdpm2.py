@@ -43,10 +43,11 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
         """True when the next ``step`` is the first (Euler to the midpoint) stage."""
         return self.sample is None
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Choose the inference schedule: ``num_inference_steps`` spaced per config."""
+    def set_timesteps(self, num_inference_steps: int, num_train_timesteps: int | None = None) -> None:
+        """Choose the inference schedule: ``num_inference_steps`` spaced per config (over ``num_train_timesteps``
+        training steps when given)."""
         n = self._check_num_inference_steps(num_inference_steps)
-        timesteps, sigmas = self._spaced_sigmas(n, round_karras=True)
+        timesteps, sigmas = self._spaced_sigmas(n, round_karras=True, num_train_timesteps=num_train_timesteps)
         self.log_sigmas = np.log(self._train_sigmas())
         sigmas = np.append(sigmas, 0.0).astype(np.float32)
         t_mid = self._set_sigma_tables(sigmas).astype(timesteps.dtype)

@@ -49,23 +49,30 @@ class SigmaScheduler(Scheduler):
         """Training sigmas, ascending in t, float32 (the table schedules interpolate)."""
         return ns.sigmas_from_alphas_cumprod(self.alphas_cumprod)
 
-    def _spaced_timesteps(self, n: int) -> np.ndarray:
-        """n float32 timesteps, descending, spaced per config (linspace stays fractional, as diffusers keeps it)."""
+    def _spaced_timesteps(self, n: int, total: int | None = None) -> np.ndarray:
+        """n float32 timesteps, descending, spaced per config over ``total`` training steps (default: the config's)
+        (linspace stays fractional, as diffusers keeps it)."""
         cfg = self.config
+        total = total or cfg.num_train_timesteps
         if cfg.timestep_spacing == "linspace":  # diffusers spaces linspace in float32 for these schedulers
-            return np.linspace(0, cfg.num_train_timesteps - 1, n, dtype=np.float32)[::-1].copy()
-        return ns.spaced_timesteps(cfg.timestep_spacing, n, cfg.num_train_timesteps, cfg.steps_offset).astype(
-            np.float32
-        )
+            return np.linspace(0, total - 1, n, dtype=np.float32)[::-1].copy()
+        return ns.spaced_timesteps(cfg.timestep_spacing, n, total, cfg.steps_offset).astype(np.float32)
 
     def _spaced_sigmas(
-        self, n: int, timesteps: Sequence[float] | None = None, round_karras: bool = False
+        self,
+        n: int,
+        timesteps: Sequence[float] | None = None,
+        round_karras: bool = False,
+        num_train_timesteps: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps (n,), sigmas (n,) without the final sigma) for n steps, or for explicit ``timesteps``:
         interpolated from the training table, then resampled (karras / exponential / beta) when configured, with
         timesteps read back from the resampled sigmas. ``round_karras`` rounds Karras timesteps (KDPM2's rule)."""
         cfg = self.config
-        timesteps = self._spaced_timesteps(n) if timesteps is None else np.asarray(timesteps, dtype=np.float32)
+        if timesteps is None:
+            timesteps = self._spaced_timesteps(n, self._check_train_steps(num_train_timesteps))
+        else:
+            timesteps = np.asarray(timesteps, dtype=np.float32)
         train = self._train_sigmas()
         sigmas = np.interp(timesteps, np.arange(len(train)), train)
         resampled = ns.resample_sigmas(cfg, sigmas, n)
@@ -75,6 +82,17 @@ class SigmaScheduler(Scheduler):
             if round_karras and cfg.use_karras_sigmas:
                 timesteps = timesteps.round()
         return timesteps, sigmas
+
+    @staticmethod
+    def _check_train_steps(num_train_timesteps) -> int | None:
+        """``set_timesteps(num_train_timesteps=...)``: space the schedule over that many training steps."""
+        if num_train_timesteps is None:
+            return None
+        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)):
+            raise ConfigError(f"num_train_timesteps={num_train_timesteps!r} is not supported; accepted: an integer.")
+        if num_train_timesteps < 1:
+            raise ConfigError(f"num_train_timesteps={num_train_timesteps!r} is not supported; accepted: 1 or more.")
+        return int(num_train_timesteps)
 
     def _check_schedule_arguments(self, num_inference_steps, timesteps) -> int:
         """Exactly one of ``num_inference_steps`` / ``timesteps``; explicit timesteps exclude resampled sigmas.
@@ -114,6 +132,18 @@ class SigmaScheduler(Scheduler):
         if kind == "v_prediction":  # c_out = -sigma / sqrt(sigma^2 + 1), c_skip = 1 / (sigma^2 + 1)
             return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
         return model_output
+
+    def get_velocity(self, sample: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+        """v = sqrt(alpha_bar) noise - sqrt(1 - alpha_bar) sample. As diffusers' Euler does, alpha_bar is read at the
+        *position* of each timestep in ``timesteps`` (one per batch item), not at the training timestep."""
+        timesteps = np.atleast_1d(np.asarray(timesteps))
+        if np.issubdtype(timesteps.dtype, np.integer) and not np.issubdtype(self.timesteps.dtype, np.integer):
+            raise ConfigError(
+                "get_velocity takes timesteps from scheduler.timesteps, not integer indices (e.g. from enumerate)."
+            )
+        a = self.alphas_cumprod.astype(sample.dtype)[[self.index_for_timestep(t) for t in timesteps]]
+        a = a.reshape(a.shape + (1,) * (sample.ndim - 1))
+        return a**0.5 * noise - (1 - a) ** 0.5 * sample
 
     def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
         """x_t = x_0 + sigma_t * noise at each of ``timesteps`` (one per batch item)."""

@@ -9,6 +9,7 @@ import pytest
 from pipeline_parity import assert_images_close, load_diffusers, run_diffrt, run_diffusers
 
 import diffrt.runtime.pipelines as ours
+from diffrt.runtime.errors import ConfigError
 from diffrt.runtime.schedulers import SCHEDULERS
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -80,6 +81,49 @@ def test_text_to_image_matches_diffusers_with_scheduler(pipes, name, config):
         assert_images_close(run_diffrt(mine, 3, **kwargs), run_diffusers(theirs, 3, **kwargs))
     finally:
         mine.scheduler, theirs.scheduler = original
+
+
+CUSTOM_SCHEDULES = [
+    ("EulerDiscreteScheduler", dict(timesteps=[999, 800, 550, 300, 120, 10])),
+    ("EulerDiscreteScheduler", dict(sigmas=[14.6, 6.0, 2.5, 0.9, 0.3, 0.0])),
+    ("DPMSolverMultistepScheduler", dict(timesteps=[999, 700, 400, 150, 20])),
+    ("HeunDiscreteScheduler", dict(timesteps=[980, 700, 420, 140])),
+]
+
+
+@pytest.mark.parametrize("name,custom", CUSTOM_SCHEDULES, ids=[f"{n}-{next(iter(c))}" for n, c in CUSTOM_SCHEDULES])
+def test_text_to_image_with_a_custom_schedule_matches_diffusers(pipes, name, custom):
+    mine, theirs = pipes("sd1", "StableDiffusionPipeline")
+    mine_scheduler, theirs_scheduler = swap_schedulers(mine, theirs, name)
+    original = (mine.scheduler, theirs.scheduler)
+    mine.scheduler, theirs.scheduler = mine_scheduler, theirs_scheduler
+    try:
+        kwargs = dict(prompt=PROMPT, guidance_scale=5.0, **custom)
+        assert_images_close(run_diffrt(mine, 4, **kwargs), run_diffusers(theirs, 4, **kwargs))
+    finally:
+        mine.scheduler, theirs.scheduler = original
+
+
+def test_image_to_image_with_custom_timesteps_matches_diffusers(pipes):
+    mine, theirs = pipes("sd1", "StableDiffusionImg2ImgPipeline")
+    mine_scheduler, theirs_scheduler = swap_schedulers(mine, theirs, "EulerDiscreteScheduler")
+    original = (mine.scheduler, theirs.scheduler)
+    mine.scheduler, theirs.scheduler = mine_scheduler, theirs_scheduler
+    try:
+        kwargs = dict(prompt=PROMPT, image=make_image(5), strength=0.6, timesteps=[999, 750, 500, 250, 50])
+        assert_images_close(run_diffrt(mine, 6, **kwargs), run_diffusers(theirs, 6, **kwargs))
+    finally:
+        mine.scheduler, theirs.scheduler = original
+
+
+def test_custom_schedules_are_refused_where_the_scheduler_takes_none(pipes):
+    mine, _ = pipes("sd1", "StableDiffusionPipeline")
+    with pytest.raises(ConfigError, match="sigmas= is not supported by PNDMScheduler"):
+        mine(PROMPT, sigmas=[1.0, 0.5, 0.0], output_type="np")
+    with pytest.raises(ConfigError, match="both given"):
+        mine(PROMPT, timesteps=[900, 10], sigmas=[1.0, 0.0], output_type="np")
+    with pytest.raises(ConfigError, match="timesteps="):
+        mine(PROMPT, timesteps=[], output_type="np")
 
 
 TEXT_CASES = {
