@@ -44,9 +44,9 @@ class AlphaBarScheduler(Scheduler):
         """x_0 from the model output at a timestep with cumulative alpha ``alpha_bar`` (epsilon / v / sample)."""
         kind = self.config.prediction_type
         if kind == "epsilon":
-            return (sample - (1 - alpha_bar) ** 0.5 * model_output) / alpha_bar**0.5
+            return (sample - ns.torch_sqrt32(1 - alpha_bar) * model_output) / ns.torch_sqrt32(alpha_bar)
         if kind == "v_prediction":  # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho 2022)
-            return alpha_bar**0.5 * sample - (1 - alpha_bar) ** 0.5 * model_output
+            return ns.torch_sqrt32(alpha_bar) * sample - ns.torch_sqrt32(1 - alpha_bar) * model_output
         return model_output
 
     def clip_x0(self, x0: np.ndarray) -> np.ndarray:

@@ -71,15 +71,15 @@ class DDIMScheduler(AlphaBarScheduler):
         if kind == "epsilon":
             eps = model_output
         elif kind == "v_prediction":
-            eps = alpha_bar**0.5 * model_output + (1 - alpha_bar) ** 0.5 * sample
+            eps = ns.torch_sqrt32(alpha_bar) * model_output + ns.torch_sqrt32(1 - alpha_bar) * sample
         else:
-            eps = (sample - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+            eps = (sample - ns.torch_sqrt32(alpha_bar) * x0) / ns.torch_sqrt32(1 - alpha_bar)
         x0 = self.clip_x0(x0)
         if use_clipped_model_output:  # re-derive eps from the clipped x0 (as in GLIDE)
-            eps = (sample - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+            eps = (sample - ns.torch_sqrt32(alpha_bar) * x0) / ns.torch_sqrt32(1 - alpha_bar)
         variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)  # eq. 16
-        std = eta * variance**0.5
-        prev_sample = alpha_bar_prev**0.5 * x0 + (1 - alpha_bar_prev - std**2) ** 0.5 * eps
+        std = eta * ns.torch_sqrt32(variance)
+        prev_sample = ns.torch_sqrt32(alpha_bar_prev) * x0 + ns.torch_sqrt32(1 - alpha_bar_prev - std**2) * eps
         if eta > 0:
             if variance_noise is not None and generator is not None:
                 raise ConfigError("DDIMScheduler.step takes generator or variance_noise, not both.")

@@ -81,11 +81,11 @@ class DDPMScheduler(AlphaBarScheduler):
                 "variance); this one has the sample's channel count."
             )
         if kind == "fixed_small":
-            return posterior**0.5
+            return ns.torch_sqrt32(posterior)
         if kind == "fixed_small_log":
             return ns.torch_exp32(0.5 * ns.torch_log32(posterior))
         if kind == "fixed_large":
-            return beta**0.5
+            return ns.torch_sqrt32(beta)
         if kind == "fixed_large_log":  # diffusers takes sqrt of this log-variance (NaN); we exponentiate it
             return ns.torch_exp32(0.5 * ns.torch_log32(beta))
         if kind == "learned":
@@ -109,8 +109,8 @@ class DDPMScheduler(AlphaBarScheduler):
         alpha_bar, alpha_bar_prev = self._alpha_bars(t)
         alpha, beta = alpha_bar / alpha_bar_prev, 1 - alpha_bar / alpha_bar_prev
         x0 = self.clip_x0(self.predict_x0(model_output, sample, alpha_bar))
-        x0_coeff = alpha_bar_prev**0.5 * beta / (1 - alpha_bar)
-        sample_coeff = alpha**0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        x0_coeff = ns.torch_sqrt32(alpha_bar_prev) * beta / (1 - alpha_bar)
+        sample_coeff = ns.torch_sqrt32(alpha) * (1 - alpha_bar_prev) / (1 - alpha_bar)
         prev_sample = x0_coeff * x0 + sample_coeff * sample
         if t > 0:
             noise = randn(model_output.shape, generator, model_output.dtype)

@@ -109,7 +109,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         sigma_hat = sigma * np.float32(gamma + 1)
         if gamma > 0:
             eps = randn(model_output.shape, generator, model_output.dtype) * s_noise
-            sample = sample + eps * (sigma_hat**2 - sigma**2) ** 0.5
+            sample = sample + eps * ns.torch_sqrt32(sigma_hat**2 - sigma**2)
         x0 = self._predict_x0(model_output, sample, sigma, sigma_hat)
         derivative = (sample - x0) / sigma_hat
         prev_sample = sample + derivative * (self.sigmas[self._step_index + 1] - sigma_hat)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import noise_schedule as ns
 from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 from .sigma_space import SigmaScheduler
 
@@ -14,9 +15,9 @@ from .sigma_space import SigmaScheduler
 def get_ancestral_step(sigma_from: np.float32, sigma_to: np.float32) -> tuple[np.float32, np.float32]:
     """Split the move sigma_from -> sigma_to into a deterministic step down to sigma_down and fresh noise of
     std sigma_up, with sigma_down^2 + sigma_up^2 = sigma_to^2 (k-diffusion ``get_ancestral_step``, eta = 1)."""
-    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    sigma_up = ns.torch_sqrt32(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2)
     sigma_up = min(sigma_up, sigma_to)  # equal mathematically at most; guards the sqrt below against rounding
-    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    sigma_down = ns.torch_sqrt32(sigma_to**2 - sigma_up**2)
     return sigma_down, sigma_up
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import noise_schedule as ns
 from . import second_order as so
 from .base import KARRAS_SCHEDULERS, SchedulerOutput, randn
 from .sigma_space import SigmaScheduler
@@ -78,7 +79,7 @@ class KDPM2DiscreteScheduler(SigmaScheduler):
         self._start_step(timestep)
         sigma, sigma_mid, _, _ = self._stage_sigmas()
         sigma = sigma if self.state_in_first_order else sigma_mid
-        return sample / ((sigma**2 + 1) ** 0.5)
+        return sample / (ns.torch_sqrt32(sigma**2 + 1))
 
     def step(
         self,

@@ -154,7 +154,7 @@ class LCMScheduler(AlphaBarScheduler):
         denoised = c_out * x0 + c_skip * sample
         if i != self.num_inference_steps - 1:
             noise = randn(model_output.shape, generator, model_output.dtype).astype(np.float32, copy=False)
-            prev_sample = alpha_prod_prev**0.5 * denoised + (1 - alpha_prod_prev) ** 0.5 * noise
+            prev_sample = ns.torch_sqrt32(alpha_prod_prev) * denoised + ns.torch_sqrt32(1 - alpha_prod_prev) * noise
         else:
             prev_sample = denoised
         self._step_index += 1

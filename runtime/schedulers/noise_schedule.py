@@ -84,7 +84,10 @@ def torch_linspace(start: float, end: float, steps: int, fused: bool | None = No
 def torch_sqrt32(x: np.ndarray) -> np.ndarray:
     """float32 square root, correctly rounded. torch's CPU float32 ``sqrt`` / ``** 0.5`` (the tables diffusers
     builds) is not: it lands one ulp low for about 0.6% of inputs, under every ATEN_CPU_CAPABILITY; that last bit
-    is not reproduced here (tests inject torch's to show everything built on it is bit-exact)."""
+    is not reproduced here (tests inject torch's to show everything built on it is bit-exact). NumPy's scalar
+    ``np.float32 ** 0.5`` is not correctly rounded either (about 1 in 2000), so step coefficients use this."""
+    if np.ndim(x) == 0:
+        return np.sqrt(np.float32(x))
     return np.sqrt(np.asarray(x, dtype=np.float32))
 
 
@@ -389,3 +392,28 @@ def zero_terminal_snr_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
     first, last = root[0], root[-1]
     root = (root - last) * (first / (first - last))
     return root**2
+
+
+def alpha_bars_per_item(alphas_cumprod: np.ndarray, timesteps, stride: int, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """alpha_bar at each batch item's own timestep t and at t - ``stride`` (1 before t = 0), shaped (B, 1, ...)
+    to broadcast against ``ndim``-D samples: a batch whose items sit at different timesteps (ParaDiGMS' window)."""
+    t = np.asarray(timesteps).reshape(-1)
+    if not np.issubdtype(t.dtype, np.integer):
+        if not np.array_equal(t, np.round(t)):
+            raise ConfigError(f"timesteps={t.tolist()} are not integers; accepted: integer training timesteps.")
+        t = t.astype(np.int64)
+    prev = t - stride
+    shape = (-1,) + (1,) * (ndim - 1)
+    alpha_bar_prev = np.where(prev >= 0, alphas_cumprod[np.maximum(prev, 0)], alphas_cumprod.dtype.type(1.0))
+    return alphas_cumprod[t].reshape(shape), alpha_bar_prev.reshape(shape)
+
+
+# ----- float32 trigonometry (SCM's TrigFlow, Wuerstchen's cosine alpha_bar) -----------------------------------
+def torch_cos32(x: np.ndarray) -> np.ndarray:
+    """float32 cosine, correctly rounded (through float64), where diffusers calls torch's float32 ``cos``."""
+    return np.cos(np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+def torch_sin32(x: np.ndarray) -> np.ndarray:
+    """float32 sine, correctly rounded (through float64), where diffusers calls torch's float32 ``sin``."""
+    return np.sin(np.asarray(x, dtype=np.float64)).astype(np.float32)

@@ -140,6 +140,10 @@ class PNDMScheduler(AlphaBarScheduler):
         alpha_bar = self.alphas_cumprod[t]
         alpha_bar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         if self.config.prediction_type == "v_prediction":  # eps = sqrt(a) v + sqrt(1 - a) x
-            model_output = alpha_bar**0.5 * model_output + (1 - alpha_bar) ** 0.5 * sample
-        denom = alpha_bar * (1 - alpha_bar_prev) ** 0.5 + (alpha_bar * (1 - alpha_bar) * alpha_bar_prev) ** 0.5
-        return (alpha_bar_prev / alpha_bar) ** 0.5 * sample - (alpha_bar_prev - alpha_bar) * model_output / denom
+            model_output = ns.torch_sqrt32(alpha_bar) * model_output + ns.torch_sqrt32(1 - alpha_bar) * sample
+        denom = alpha_bar * ns.torch_sqrt32(1 - alpha_bar_prev) + ns.torch_sqrt32(
+            alpha_bar * (1 - alpha_bar) * alpha_bar_prev
+        )
+        return (
+            ns.torch_sqrt32(alpha_bar_prev / alpha_bar) * sample - (alpha_bar_prev - alpha_bar) * model_output / denom
+        )

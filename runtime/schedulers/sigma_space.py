@@ -122,7 +122,7 @@ class SigmaScheduler(Scheduler):
         if self._step_index is None:
             self._init_step_index(timestep)
         sigma = self.sigmas[self._step_index]
-        return sample / ((sigma**2 + 1) ** 0.5)
+        return sample / (ns.torch_sqrt32(sigma**2 + 1))
 
     def _predict_x0(self, model_output: np.ndarray, sample: np.ndarray, sigma, sigma_hat=None) -> np.ndarray:
         """x0 from the model output at noise level ``sigma`` (``sigma_hat``: Euler's churned level, for epsilon)."""
@@ -130,7 +130,7 @@ class SigmaScheduler(Scheduler):
         if kind == "epsilon":
             return sample - (sigma if sigma_hat is None else sigma_hat) * model_output
         if kind == "v_prediction":  # c_out = -sigma / sqrt(sigma^2 + 1), c_skip = 1 / (sigma^2 + 1)
-            return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+            return model_output * (-sigma / ns.torch_sqrt32(sigma**2 + 1)) + sample / (sigma**2 + 1)
         return model_output
 
     def get_velocity(self, sample: np.ndarray, noise: np.ndarray, timesteps: np.ndarray) -> np.ndarray:

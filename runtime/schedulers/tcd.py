@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from . import noise_schedule as ns
 from .base import SchedulerOutput, randn
 from .lcm import LCMScheduler
 
@@ -61,18 +62,18 @@ class TCDScheduler(LCMScheduler):
         out = model_output.astype(np.float32, copy=False)
         kind = self.config.prediction_type
         if kind == "epsilon":
-            x0, eps = (sample - beta_prod_t**0.5 * out) / alpha_prod_t**0.5, out
+            x0, eps = (sample - ns.torch_sqrt32(beta_prod_t) * out) / ns.torch_sqrt32(alpha_prod_t), out
         elif kind == "sample":
             x0 = out
-            eps = (sample - alpha_prod_t**0.5 * x0) / beta_prod_t**0.5
+            eps = (sample - ns.torch_sqrt32(alpha_prod_t) * x0) / ns.torch_sqrt32(beta_prod_t)
         else:  # v_prediction
-            x0 = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * out
-            eps = alpha_prod_t**0.5 * out + beta_prod_t**0.5 * sample
-        x_s = alpha_prod_s**0.5 * x0 + (1 - alpha_prod_s) ** 0.5 * eps
+            x0 = ns.torch_sqrt32(alpha_prod_t) * sample - ns.torch_sqrt32(beta_prod_t) * out
+            eps = ns.torch_sqrt32(alpha_prod_t) * out + ns.torch_sqrt32(beta_prod_t) * sample
+        x_s = ns.torch_sqrt32(alpha_prod_s) * x0 + ns.torch_sqrt32(1 - alpha_prod_s) * eps
         if eta > 0 and i != self.num_inference_steps - 1:
             noise = randn(model_output.shape, generator, model_output.dtype).astype(np.float32, copy=False)
             ratio = alpha_prod_prev / alpha_prod_s
-            prev_sample = ratio**0.5 * x_s + (1 - ratio) ** 0.5 * noise
+            prev_sample = ns.torch_sqrt32(ratio) * x_s + ns.torch_sqrt32(1 - ratio) * noise
         else:
             prev_sample = x_s
         self._step_index += 1
