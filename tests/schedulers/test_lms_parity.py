@@ -56,7 +56,8 @@ def test_img2img_entry_matches_diffusers(spacing, strength, order):
 
 
 @pytest.mark.parametrize("config", [SD_BASE, {**SD_BASE, "use_karras_sigmas": True}], ids=["default", "karras"])
-def test_exact_coefficient_equals_quadrature(config):
+def test_coefficient_is_the_integral_to_float32_precision(config):
+    # the float32 integrand (as diffusers evaluates it) bounds agreement with the exact integral to ~1e-6
     scheduler = lms.LMSDiscreteScheduler.from_config(config)
     scheduler.set_timesteps(25)
     sigmas = scheduler.sigmas.astype(np.float64)
@@ -71,7 +72,7 @@ def test_exact_coefficient_equals_quadrature(config):
 
             expected = integrate.quad(basis, sigmas[t], sigmas[t + 1], epsabs=1e-13, epsrel=1e-12)[0]
             got = lms.lms_coefficient(scheduler.sigmas, order, t, j)
-            assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), (order, t, j)
+            assert got == pytest.approx(expected, rel=2e-6, abs=1e-9), (order, t, j)
 
 
 def test_order_below_one_is_refused():
@@ -80,3 +81,25 @@ def test_order_below_one_is_refused():
     x = np.zeros((1, 4, 8, 8), np.float32)
     with pytest.raises(ConfigError, match="order"):
         scheduler.step(x, scheduler.timesteps[0], x, order=0)
+
+
+def test_coefficients_equal_diffusers_quadrature_bit_for_bit():
+    # diffusers integrates each Lagrange basis polynomial with scipy.integrate.quad over a float32 integrand;
+    # diffrt's Gauss-Kronrod pass must give the very same doubles (sigmas from several schedules and orders)
+    import diffusers
+
+    from diffrt.runtime.schedulers import SCHEDULERS
+    from diffrt.runtime.schedulers.lms import lms_coefficient
+
+    compared = 0
+    for extra in ({}, {"use_karras_sigmas": True}, {"timestep_spacing": "trailing"}):
+        reference = diffusers.LMSDiscreteScheduler.from_config({**SD_BASE, **extra})
+        ours = SCHEDULERS[NAME].from_config({**SD_BASE, **extra})
+        reference.set_timesteps(30)
+        ours.set_timesteps(30)
+        for t in range(3, 29):
+            for order in (1, 2, 3, 4):
+                for j in range(order):
+                    assert lms_coefficient(ours.sigmas, order, t, j) == reference.get_lms_coefficient(order, t, j)
+                    compared += 1
+    assert compared > 500

@@ -2,16 +2,16 @@
 
 Same model outputs, same start, same noise, the default SD config under every timestep spacing.
 
-- As they are, DEIS, DPM-Solver singlestep, Euler, Heun and Euler ancestral stay within two ulps of diffusers.
+- As they are, DEIS, DPM-Solver singlestep, Euler, Heun, Euler ancestral and LMS stay within two ulps of diffusers
+  (LMS: diffrt reproduces SciPy's Gauss-Kronrod pass over diffusers' float32 integrand).
 - The others differ only where torch's float32 sqrt / exp / log / expm1 round differently from the correctly
   rounded values diffrt computes (one ulp in ~0.6% of inputs; see test_schedules_exact). Given the same rounding
   on both sides (diffusers' coefficient-sized scalars rounded correctly with ``scalar_rounding``, diffrt's
   1000-entry tables built with torch's kernels), their trajectories are bit-identical: the test allows two ulps and
   measures zero.
-- LMS and UniPC cannot hold to two ulps and are left to their parity tests (parity.RTOL), measured in
-  benchmarks/SCHEDULERS.md: diffusers integrates LMS's Lagrange basis numerically (SciPy's QUADPACK over a float32
-  torch integrand) where diffrt integrates the polynomial exactly, and solves UniPC's coefficient system with
-  torch's LAPACK and sums its corrections with einsum, in another order.
+- UniPC cannot hold to two ulps and is left to its parity tests (parity.RTOL), measured in
+  benchmarks/SCHEDULERS.md: from its third step on it solves a 2x2 or 3x3 float32 system for its coefficients,
+  and torch's LAPACK (MKL) and NumPy's round that solve differently in the last bit.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ WITHIN_TWO_ULPS_AS_IS = (
     "EulerDiscreteScheduler",
     "HeunDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
 )
 WITHIN_TWO_ULPS_GIVEN_THE_SAME_ROUNDING = (
     "DDIMScheduler",
