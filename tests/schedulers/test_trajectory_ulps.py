@@ -26,6 +26,7 @@ from parity import SD_BASE, SHAPE, run_both
 from scalar_rounding import COEFFICIENT_SIZE, correctly_rounded_scalars
 from ulps import assert_within_ulps
 
+from diffrt.runtime.errors import ConfigError
 from diffrt.runtime.schedulers import SCHEDULERS
 from diffrt.runtime.schedulers import noise_schedule as ns
 
@@ -95,3 +96,41 @@ def test_every_step_within_two_ulps(name, spacing, steps):
 def test_every_step_within_two_ulps_given_the_same_rounding(name, spacing, steps, torch_table_kernels):
     with correctly_rounded_scalars():
         assert_loop_within_two_ulps(name, spacing, steps)
+
+
+DETERMINISTIC = (
+    "DDIMScheduler",
+    "DEISMultistepScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "PNDMScheduler",
+)
+
+
+@pytest.mark.parametrize("sigmas", [{}, {"use_karras_sigmas": True}, {"use_exponential_sigmas": True}], ids=str)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_config_space_within_two_ulps_given_the_same_rounding(name, prediction_type, sigmas, torch_table_kernels):
+    config = {**SD_BASE, "prediction_type": prediction_type, **sigmas}
+    if sigmas and next(iter(sigmas)) not in SCHEDULERS[name].config_fields():
+        pytest.skip(f"{name} has no {next(iter(sigmas))}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = getattr(diffusers, name).from_config(config)
+            reference.set_timesteps(10)
+    except (ValueError, NotImplementedError):
+        pytest.skip("diffusers refuses this config (the parity files check diffrt does too)")
+    try:
+        ours = SCHEDULERS[name].from_config(config)
+    except ConfigError:
+        pytest.skip("diffrt refuses at construction what diffusers fails on at the first step (test_refusals)")
+    ours.set_timesteps(10)
+    x = np.random.default_rng(3).standard_normal(SHAPE, dtype=np.float32) * np.float32(reference.init_noise_sigma)
+    with correctly_rounded_scalars():
+        for i, x_ours, x_ref in run_both(ours, reference, reference.timesteps, ours.timesteps, x, 0, {}):
+            assert_within_ulps(x_ours, x_ref, 2, f"{name} {config} step {i}")
