@@ -51,9 +51,15 @@ def _schedulers(args: argparse.Namespace) -> int:
     from diffrt.runtime.schedulers.base import load_config
 
     if not args.package:
-        for name in sorted(SCHEDULERS):
-            if not name.startswith("_") and SCHEDULERS[name].__module__.startswith("diffrt.runtime.schedulers."):
-                print(name)
+        names = [n for n in sorted(SCHEDULERS) if SCHEDULERS[n].__module__.startswith("diffrt.runtime.schedulers.")]
+        if args.json:
+            print(json.dumps([_scheduler_entry(SCHEDULERS[n]) for n in names], indent=2))
+            return 0
+        width = max(map(len, names))
+        for name in names:
+            entry = _scheduler_entry(SCHEDULERS[name])
+            print(f"{name:<{width}}  order {entry['order']}  {entry['summary']}")
+        print(f"{len(names)} schedulers; each swaps with those listed in `diffrt schedulers --json` (compatibles)")
         return 0
     from pathlib import Path
 
@@ -67,6 +73,20 @@ def _schedulers(args: argparse.Namespace) -> int:
     print(repr(scheduler))
     print(f"timesteps ({args.steps}): {scheduler.timesteps.tolist()}")
     return 0
+
+
+def _scheduler_entry(cls) -> dict:
+    """A scheduler's listing: name, order, the schedulers it swaps with (diffusers' compatibles), and the first
+    paragraph of its module's docstring."""
+    import sys
+
+    doc = sys.modules[cls.__module__].__doc__ or cls.__doc__ or ""
+    return {
+        "name": cls.__name__,
+        "order": cls.order,
+        "compatibles": sorted(c.__name__ for c in cls.compatible_classes() if c is not cls),
+        "summary": " ".join(doc.strip().split("\n\n")[0].split()),
+    }
 
 
 def _tokenize(args: argparse.Namespace) -> int:
@@ -87,6 +107,7 @@ def _add_schedulers(p: argparse.ArgumentParser) -> None:
     p.add_argument("package", nargs="?", help="a package or diffusers folder (or its scheduler/ folder)")
     p.add_argument("--use", metavar="NAME", help="another scheduler class to build from that config")
     p.add_argument("--steps", type=int, default=25, help="number of inference steps (default 25)")
+    p.add_argument("--json", action="store_true", help="list the schedulers as JSON (with what each swaps with)")
 
 
 def _add_tokenize(p: argparse.ArgumentParser) -> None:

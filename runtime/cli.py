@@ -60,6 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Schedulers diffrt has that cannot drive an image pipeline's denoising loop, and why.
+NOT_FOR_GENERATING = {
+    "DDIMInverseScheduler": "runs image to noise (inversion), not noise to image",
+    "DPMSolverMultistepInverseScheduler": "runs image to noise (inversion), not noise to image",
+    "CogVideoXDPMScheduler": "steps with CogVideoX's extra arguments (the previous x0 and timestep) only",
+    "ScoreSdeVeScheduler": "samples by predictor-corrector calls (step_pred / step_correct), not step",
+}
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """What can be refused before a package is opened: flags that need another flag, an output file PIL cannot
     write."""
@@ -137,8 +146,10 @@ def run(args: argparse.Namespace) -> int:
             f"{type(pipe).__name__}."
         )
     if args.scheduler:
-        if args.scheduler not in SCHEDULERS:
-            raise ConfigError(f"--scheduler {args.scheduler!r} is unknown; accepted: {', '.join(sorted(SCHEDULERS))}.")
+        usable = sorted(n for n in SCHEDULERS if n not in NOT_FOR_GENERATING)
+        if args.scheduler not in usable:
+            why = NOT_FOR_GENERATING.get(args.scheduler, "is unknown")
+            raise ConfigError(f"--scheduler {args.scheduler!r} {why}; accepted: {', '.join(usable)}.")
         pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
     loaded = time.perf_counter() - start
 

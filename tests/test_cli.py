@@ -51,3 +51,18 @@ def test_bad_input_is_one_sentence_and_exit_1(tmp_path):
     result = run("tokenize", str(tmp_path / "missing"), "a cat")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("diffrt tokenize: tokenizer folder") and "Traceback" not in result.stderr
+
+
+def test_schedulers_lists_every_scheduler_with_what_it_swaps_with():
+    from diffrt.runtime.schedulers import SCHEDULERS
+
+    listed = {entry["name"]: entry for entry in json.loads(run("schedulers", "--json").stdout)}
+    assert set(listed) == set(SCHEDULERS)
+    for name, entry in listed.items():
+        assert entry["order"] == SCHEDULERS[name].order and entry["summary"]
+        assert entry["compatibles"] == sorted(
+            c.__name__ for c in SCHEDULERS[name].compatible_classes() if c.__name__ != name
+        )
+    assert "EulerDiscreteScheduler" in listed["DDIMScheduler"]["compatibles"]
+    table = run("schedulers").stdout.splitlines()
+    assert table[-1].startswith(f"{len(SCHEDULERS)} schedulers")

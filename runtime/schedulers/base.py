@@ -176,7 +176,11 @@ class Scheduler:
     @property
     def compatibles(self) -> list[type[Scheduler]]:
         """This class and the diffrt schedulers diffusers lists as swappable with it (``_compatibles``), by name."""
-        names = {type(self).__name__, *type(self)._compatibles}
+        return type(self).compatible_classes()
+
+    @classmethod
+    def compatible_classes(cls) -> list[type[Scheduler]]:
+        names = {cls.__name__, *cls._compatibles}
         return [SCHEDULERS[name] for name in sorted(names) if name in SCHEDULERS]
 
     def __repr__(self) -> str:

@@ -417,3 +417,9 @@ def torch_cos32(x: np.ndarray) -> np.ndarray:
 def torch_sin32(x: np.ndarray) -> np.ndarray:
     """float32 sine, correctly rounded (through float64), where diffusers calls torch's float32 ``sin``."""
     return np.sin(np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+def torch_atan2_32(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """float32 atan2(y, x), correctly rounded (through float64), where diffusers calls torch's float32 ``atan2``
+    (IPNDM's angle of a (sigma, alpha) pair)."""
+    return np.arctan2(np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)).astype(np.float32)

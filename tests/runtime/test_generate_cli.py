@@ -91,6 +91,7 @@ def test_generate_runs_a_ddpm_package_without_a_prompt(packages, tmp_path):
     [
         (["--mask", "m.png"], "--mask needs --image"),
         (["--scheduler", "Nope"], "--scheduler 'Nope' is unknown"),
+        (["--scheduler", "DDIMInverseScheduler"], "runs image to noise (inversion)"),
         (["--size", "33x32"], "height=33 is not a multiple of 2"),
         (["--image", "missing.png"], "--image 'missing.png' is not a readable image"),
     ],
