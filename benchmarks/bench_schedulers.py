@@ -14,6 +14,7 @@ diffusers time / diffrt time (above 1: diffrt is faster).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -31,32 +32,54 @@ SD_CONFIG = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end"
 SHAPE = (2, 4, 64, 64)
 
 
-def loop_diffrt(name: str, steps: int, x: np.ndarray, eps: np.ndarray) -> tuple[float, float]:
-    """(setup seconds, loop seconds)."""
+# Per scheduler: config changes (SD's betas do not suit every scheduler), set_timesteps arguments, and the
+# timesteps a pipeline runs (Wuerstchen's pipelines stop one short of the schedule's end).
+CONFIG_CHANGES = {"UnCLIPScheduler": {"beta_schedule": "squaredcos_cap_v2"}}
+SET_TIMESTEPS_KWARGS = {"SCMScheduler": {"intermediate_timesteps": None}}
+STOP_SHORT = {"DDPMWuerstchenScheduler"}
+
+
+def drive(scheduler, name: str, steps: int, x, eps, generator) -> tuple[float, float]:
+    """Set up ``scheduler`` for ``steps`` and run its loop as its pipeline does: (setup seconds, loop seconds)."""
     start = time.perf_counter()
-    scheduler = SCHEDULERS[name].from_config(SD_CONFIG)
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, **SET_TIMESTEPS_KWARGS.get(name, {}))
     ready = time.perf_counter()
-    rng = np.random.default_rng(0)
-    for t in scheduler.timesteps:
+    timesteps = scheduler.timesteps[:-1] if name in STOP_SHORT else scheduler.timesteps
+    kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    previous_x0 = None
+    for i, t in enumerate(timesteps):
         scheduler.scale_model_input(x, t)
-        x = scheduler.step(eps, t, x, generator=rng).prev_sample
+        if name == "CogVideoXDPMScheduler":  # its pipeline hands back the previous x0 and timestep
+            as_tuple = {"return_dict": False} if isinstance(x, torch.Tensor) else {}  # diffusers' outputs unpack so
+            x, previous_x0 = scheduler.step(
+                eps, previous_x0, t, timesteps[i - 1] if i else None, x, **kwargs, **as_tuple
+            )
+        elif name in STOP_SHORT:  # Wuerstchen's pipelines pass one timestep per batch item
+            per_item = t.expand(x.shape[0]) if isinstance(x, torch.Tensor) else np.full(x.shape[0], t)
+            x = scheduler.step(eps, per_item, x, **kwargs).prev_sample
+        elif name == "ScoreSdeVeScheduler":  # the predictor half of its predictor-corrector loop
+            x = scheduler.step_pred(eps, t, x, **kwargs).prev_sample
+        else:
+            x = scheduler.step(eps, t, x, **kwargs).prev_sample
     return ready - start, time.perf_counter() - ready
+
+
+def loop_diffrt(name: str, steps: int, x: np.ndarray, eps: np.ndarray) -> tuple[float, float]:
+    """(setup seconds, loop seconds); setup includes from_config."""
+    start = time.perf_counter()
+    scheduler = SCHEDULERS[name].from_config({**SD_CONFIG, **CONFIG_CHANGES.get(name, {})})
+    built = time.perf_counter() - start
+    setup, loop = drive(scheduler, name, steps, x, eps, np.random.default_rng(0))
+    return built + setup, loop
 
 
 def loop_diffusers(name: str, steps: int, x: torch.Tensor, eps: torch.Tensor) -> tuple[float, float]:
-    """(setup seconds, loop seconds)."""
+    """(setup seconds, loop seconds); setup includes from_config."""
     start = time.perf_counter()
-    scheduler = getattr(diffusers, name).from_config(SD_CONFIG)
-    scheduler.set_timesteps(steps)
-    ready = time.perf_counter()
-    generator = torch.Generator().manual_seed(0)
-    accepts_generator = "generator" in scheduler.step.__code__.co_varnames
-    for t in scheduler.timesteps:
-        scheduler.scale_model_input(x, t)
-        kwargs = {"generator": generator} if accepts_generator else {}
-        x = scheduler.step(eps, t, x, **kwargs).prev_sample
-    return ready - start, time.perf_counter() - ready
+    scheduler = getattr(diffusers, name).from_config({**SD_CONFIG, **CONFIG_CHANGES.get(name, {})})
+    built = time.perf_counter() - start
+    setup, loop = drive(scheduler, name, steps, x, eps, torch.Generator().manual_seed(0))
+    return built + setup, loop
 
 
 def main() -> None:

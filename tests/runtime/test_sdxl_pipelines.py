@@ -121,6 +121,23 @@ def test_text_to_image_matches_diffusers_with_scheduler(pipes, name):
         assert_images_close(run_diffrt(mine, 13, **kwargs), run_diffusers(theirs, 13, **kwargs))
 
 
+@pytest.mark.parametrize(
+    "custom", [dict(timesteps=[999, 700, 420, 150, 15]), dict(sigmas=[14.6, 4.0, 1.2, 0.3, 0.0])], ids=["t", "s"]
+)
+def test_text_to_image_with_a_custom_schedule_matches_diffusers(pipes, custom):
+    mine, theirs = pipes("sdxl", "StableDiffusionXLPipeline")
+    kwargs = dict(prompt=PROMPT, negative_prompt="grey", **custom)
+    with scheduler(mine, theirs, "EulerDiscreteScheduler"):
+        assert_images_close(run_diffrt(mine, 14, **kwargs), run_diffusers(theirs, 14, **kwargs))
+
+
+def test_image_to_image_with_custom_timesteps_and_denoising_start_matches_diffusers(pipes):
+    mine, theirs = pipes("sdxl_refiner", "StableDiffusionXLImg2ImgPipeline")
+    kwargs = dict(prompt=PROMPT, image=make_image(2), denoising_start=0.5, timesteps=[999, 800, 600, 400, 200, 10])
+    with scheduler(mine, theirs, "EulerDiscreteScheduler"):
+        assert_images_close(run_diffrt(mine, 15, **kwargs), run_diffusers(theirs, 15, **kwargs))
+
+
 def test_text_to_image_with_given_embeddings_and_latents_matches_diffusers(pipes):
     import torch
 

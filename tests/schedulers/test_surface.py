@@ -93,3 +93,22 @@ def test_num_train_timesteps_argument_matches_diffusers(name, spacing):
     theirs.set_timesteps(8, num_train_timesteps=500)
     np.testing.assert_array_equal(ours.timesteps, theirs.timesteps.numpy())
     assert max_ulps(ours.sigmas, theirs.sigmas.numpy()) <= 1  # torch's float32 sqrt: see test_schedules_exact
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_public_state_covers_diffusers(name):
+    """After set_timesteps, the attributes a diffusers user reads exist on both sides, with the same length."""
+    config = {"beta_schedule": "squaredcos_cap_v2"} if name == "UnCLIPScheduler" else {}
+    ours = schedulers.SCHEDULERS[name].from_config(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = getattr(diffusers, name).from_config(config)
+    kwargs = {"intermediate_timesteps": None} if name == "SCMScheduler" else {}
+    ours.set_timesteps(6, **kwargs)
+    theirs.set_timesteps(6, **kwargs)
+    for attribute in ("timesteps", "sigmas", "init_noise_sigma", "step_index", "begin_index", "num_inference_steps"):
+        if hasattr(theirs, attribute):
+            assert hasattr(ours, attribute), f"{name} lacks {attribute}"
+    assert len(ours.timesteps) == len(theirs.timesteps)
+    if hasattr(theirs, "sigmas") and theirs.sigmas is not None:
+        assert len(ours.sigmas) == len(theirs.sigmas)
