@@ -33,10 +33,11 @@ SHAPE = (2, 4, 64, 64)
 
 
 # Per scheduler: config changes (SD's betas do not suit every scheduler), set_timesteps arguments, and the
-# timesteps a pipeline runs (Wuerstchen's pipelines stop one short of the schedule's end).
+# timesteps a pipeline runs (Wuerstchen's and SANA-Sprint's pipelines stop one short of the schedule's end).
 CONFIG_CHANGES = {"UnCLIPScheduler": {"beta_schedule": "squaredcos_cap_v2"}}
 SET_TIMESTEPS_KWARGS = {"SCMScheduler": {"intermediate_timesteps": None}}
-STOP_SHORT = {"DDPMWuerstchenScheduler"}
+STOP_SHORT = {"DDPMWuerstchenScheduler", "SCMScheduler"}
+PER_ITEM_TIMESTEPS = {"DDPMWuerstchenScheduler"}
 
 
 def drive(scheduler, name: str, steps: int, x, eps, generator) -> tuple[float, float]:
@@ -54,7 +55,7 @@ def drive(scheduler, name: str, steps: int, x, eps, generator) -> tuple[float, f
             x, previous_x0 = scheduler.step(
                 eps, previous_x0, t, timesteps[i - 1] if i else None, x, **kwargs, **as_tuple
             )
-        elif name in STOP_SHORT:  # Wuerstchen's pipelines pass one timestep per batch item
+        elif name in PER_ITEM_TIMESTEPS:  # Wuerstchen's pipelines pass one timestep per batch item
             per_item = t.expand(x.shape[0]) if isinstance(x, torch.Tensor) else np.full(x.shape[0], t)
             x = scheduler.step(eps, per_item, x, **kwargs).prev_sample
         elif name == "ScoreSdeVeScheduler":  # the predictor half of its predictor-corrector loop

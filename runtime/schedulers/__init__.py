@@ -22,8 +22,13 @@ from .deis import DEISMultistepScheduler
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .dpmsolver_multistep_inverse import DPMSolverMultistepInverseScheduler
 from .dpmsolver_singlestep import DPMSolverSinglestepScheduler
+from .edm_dpmsolver_multistep import EDMDPMSolverMultistepScheduler
+from .edm_euler import EDMEulerScheduler
 from .euler import EulerDiscreteScheduler
 from .euler_ancestral import EulerAncestralDiscreteScheduler
+from .flow_match_euler import FlowMatchEulerDiscreteScheduler, calculate_shift
+from .flow_match_heun import FlowMatchHeunDiscreteScheduler
+from .flow_match_lcm import FlowMatchLCMScheduler
 from .heun import HeunDiscreteScheduler
 from .ipndm import IPNDMScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
@@ -54,8 +59,13 @@ __all__ = [
     "DPMSolverMultistepInverseScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
+    "EDMDPMSolverMultistepScheduler",
+    "EDMEulerScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
+    "FlowMatchLCMScheduler",
     "HeunDiscreteScheduler",
     "IPNDMScheduler",
     "KDPM2AncestralDiscreteScheduler",
@@ -74,6 +84,7 @@ __all__ = [
     "UnCLIPScheduler",
     "UniPCMultistepScheduler",
     "as_generator",
+    "calculate_shift",
     "randn",
     "scheduler_from_config",
 ]

@@ -16,11 +16,7 @@ import numpy as np
 from ..errors import ConfigError
 from . import noise_schedule as ns
 from .base import Scheduler, SchedulerOutput, randn
-
-try:  # builds the default schedule; importing it also registers the flow-match fields LTX configs carry
-    from .flow_match_euler import FlowMatchEulerDiscreteScheduler
-except ImportError:  # pragma: no cover - ported separately; explicit sigmas work without it
-    FlowMatchEulerDiscreteScheduler = None
+from .flow_match_euler import FlowMatchEulerDiscreteScheduler  # builds the default schedule
 
 logger = logging.getLogger("diffrt.schedulers")
 
@@ -55,11 +51,6 @@ class LTXEulerAncestralRFScheduler(Scheduler):
         if sigmas is None and timesteps is None:
             if num_inference_steps is None:
                 raise ConfigError(f"{name}.set_timesteps needs sigmas, timesteps or num_inference_steps.")
-            if FlowMatchEulerDiscreteScheduler is None:  # pragma: no cover - see the import above
-                raise ConfigError(
-                    f"{name}.set_timesteps(num_inference_steps) builds FlowMatchEulerDiscreteScheduler's schedule, "
-                    "which this installation lacks; pass explicit sigmas instead."
-                )
             flow = FlowMatchEulerDiscreteScheduler.from_config(self.config)
             flow.set_timesteps(num_inference_steps, mu=mu)
             self.sigmas, self.timesteps = flow.sigmas, flow.timesteps

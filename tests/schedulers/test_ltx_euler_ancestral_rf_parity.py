@@ -84,7 +84,6 @@ def test_plain_diffusers_matches_within_scalar_rounding(config, sigmas):
     assert assert_ltx_parity(config, exact=False, sigmas=sigmas) <= PLAIN_RTOL
 
 
-@pytest.mark.skipif(ltx.FlowMatchEulerDiscreteScheduler is None, reason="FlowMatchEulerDiscreteScheduler not ported")
 @pytest.mark.parametrize(
     "config, set_kwargs",
     [
