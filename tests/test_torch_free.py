@@ -51,11 +51,13 @@ def test_runtime_imports_and_runs_without_torch(tokenizer_folders):
         ran = []
         configs = {{"UnCLIPScheduler": {{"beta_schedule": "squaredcos_cap_v2"}}}}
         for name, cls in sorted(SCHEDULERS.items()):
-            config = {{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, **configs.get(name, {{}})}}
+            sd_betas = {{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}}
+            config = {{**sd_betas, **configs.get(name, {{}})}}
             s = cls.from_config(config)
             s.set_timesteps(4, **({{"intermediate_timesteps": None}} if name == "SCMScheduler" else {{}}))
             x = np.ones((1, 4, 8, 8), np.float32) * np.float32(s.init_noise_sigma)
-            timesteps = s.timesteps[:-1] if name in ("DDPMWuerstchenScheduler", "SCMScheduler") else s.timesteps  # as pipelines run
+            short = name in ("DDPMWuerstchenScheduler", "SCMScheduler")  # their pipelines stop one short
+            timesteps = s.timesteps[:-1] if short else s.timesteps
             x0 = None
             for i, t in enumerate(timesteps):
                 out = 0.1 * s.scale_model_input(x, t)
