@@ -46,12 +46,13 @@ def _x86_has(feature: str) -> bool:
     return bool(__cpu_features__.get(feature, False))
 
 
-def _fused_round(base: np.ndarray, step: np.float32, count: np.ndarray) -> np.ndarray:
-    """float32(base + step * count) rounded once. step * count is exact in float64 (24-bit by <29-bit integers);
-    the float64 sum's rounding error is recovered (Knuth's TwoSum) to settle the one case where rounding the
-    float64 sum to float32 rounds twice: a sum that lands exactly halfway between two float32 values."""
-    base = np.asarray(base, dtype=np.float64)
-    product = np.float64(step) * count.astype(np.float64)
+def fma32(x, y, z) -> np.ndarray:
+    """float32(x * y + z) rounded once, as a fused multiply-add. x * y must be exact in float64 (float32 by float32,
+    or a float32 by an integer below 2^29); the float64 sum's rounding error is recovered (Knuth's TwoSum) to settle
+    the one case where rounding the float64 sum to float32 rounds twice: a sum exactly halfway between two
+    float32 values."""
+    base = np.asarray(z, dtype=np.float64)
+    product = np.asarray(x, dtype=np.float64) * np.asarray(y, dtype=np.float64)
     total = base + product
     virtual = total - base
     error = (base - (total - virtual)) + (product - virtual)
@@ -77,7 +78,7 @@ def torch_linspace(start: float, end: float, steps: int, fused: bool | None = No
     base = np.where(first, start32, end32)
     count = np.where(first, i, -(steps - 1 - i))
     if fused if fused is not None else torch_fuses_multiply_add():
-        return _fused_round(base, step, count)
+        return fma32(step, count, base)
     return (base + step * count.astype(np.float32)).astype(np.float32)
 
 
@@ -346,15 +347,33 @@ def check_prediction_type(prediction_type: str, owner: str = "", accepted: tuple
     check_choice("prediction_type", prediction_type, accepted, owner)
 
 
+def torch_quantile32(values: np.ndarray, q: float) -> np.ndarray:
+    """``torch.quantile(values, q, dim=1)`` for float32 (B, N) values, to the bit: the rank q (N - 1) in float32,
+    then torch's lerp between the neighbours (fused on hosts where torch fuses, see torch_fuses_multiply_add)."""
+    ordered = np.sort(values.astype(np.float32, copy=False), axis=1)
+    rank = np.float32(np.float32(q) * np.float32(values.shape[1] - 1))
+    below, above = int(rank), int(np.ceil(rank))
+    weight = np.float32(rank - np.float32(below))
+    start, end = ordered[:, below], ordered[:, above]
+    difference = end - start
+    coefficient, base = (weight, start) if abs(weight) < 0.5 else (np.float32(weight - 1), end)
+    if torch_fuses_multiply_add():
+        return fma32(coefficient, difference, base)
+    return (base + coefficient * difference).astype(np.float32)
+
+
 def dynamic_threshold(sample: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
     """Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3): per sample, clip x0 to the ``ratio``
-    quantile s of |x0| (s clamped to [1, max_value]) and divide by s."""
+    quantile s of |x0| (s clamped to [1, max_value]) and divide by s. The quantile is torch's, to the bit."""
     dtype = sample.dtype
     work = sample.astype(np.float32) if dtype not in (np.float32, np.float64) else sample
     batch = work.shape[0]
     flat = work.reshape(batch, -1)
-    s = np.quantile(np.abs(flat), ratio, axis=1).astype(flat.dtype)
-    s = np.clip(s, 1, max_value)[:, None]
+    if flat.dtype == np.float32:
+        s = torch_quantile32(np.abs(flat), ratio)
+    else:
+        s = np.quantile(np.abs(flat), ratio, axis=1)
+    s = np.clip(s, 1, max_value).astype(flat.dtype)[:, None]
     return (np.clip(flat, -s, s) / s).reshape(sample.shape).astype(dtype)
 
 

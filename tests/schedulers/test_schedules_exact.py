@@ -203,3 +203,14 @@ def test_sqrt_is_the_only_gap():
         got, expected = ours(x), theirs(torch.from_numpy(x)).numpy()
         assert max_ulps(got, expected) <= 1
         assert np.mean(got != expected) < 0.02
+
+
+def test_dynamic_thresholding_quantile_matches_torch_bit_for_bit():
+    # diffusers' _threshold_sample takes torch.quantile of |x0| per sample: rank q (N - 1) in float32, then lerp
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        batch, size = int(rng.integers(1, 20)), int(rng.integers(2, 600))
+        values = np.abs(rng.standard_normal((batch, size), dtype=np.float32)) * np.float32(10.0 ** rng.integers(-2, 3))
+        for q in (0.995, 0.9, 0.5, float(rng.random())):
+            expected = torch.quantile(torch.from_numpy(values), q, dim=1).numpy()
+            assert np.array_equal(ns.torch_quantile32(values, q), expected), (batch, size, q)
