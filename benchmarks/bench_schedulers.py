@@ -46,10 +46,12 @@ def drive(scheduler, name: str, steps: int, x, eps, generator) -> tuple[float, f
     scheduler.set_timesteps(steps, **SET_TIMESTEPS_KWARGS.get(name, {}))
     ready = time.perf_counter()
     timesteps = scheduler.timesteps[:-1] if name in STOP_SHORT else scheduler.timesteps
-    kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    step = scheduler.step_pred if name == "ScoreSdeVeScheduler" else scheduler.step
+    kwargs = {"generator": generator} if "generator" in inspect.signature(step).parameters else {}
     previous_x0 = None
     for i, t in enumerate(timesteps):
-        scheduler.scale_model_input(x, t)
+        if hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers have none in diffusers
+            scheduler.scale_model_input(x, t)
         if name == "CogVideoXDPMScheduler":  # its pipeline hands back the previous x0 and timestep
             as_tuple = {"return_dict": False} if isinstance(x, torch.Tensor) else {}  # diffusers' outputs unpack so
             x, previous_x0 = scheduler.step(
@@ -124,8 +126,12 @@ def main() -> None:
         "versions": {"numpy": np.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
         "rows": rows,
         "ratios": {
-            "median_step_diffusers_over_diffrt": statistics.median(r["step_diffusers_over_diffrt"] for r in rows),
-            "median_setup_diffusers_over_diffrt": statistics.median(r["setup_diffusers_over_diffrt"] for r in rows),
+            "median_step_diffusers_over_diffrt": round(
+                statistics.median(r["step_diffusers_over_diffrt"] for r in rows), 2
+            ),
+            "median_setup_diffusers_over_diffrt": round(
+                statistics.median(r["setup_diffusers_over_diffrt"] for r in rows), 2
+            ),
         },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

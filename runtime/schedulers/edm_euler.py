@@ -86,8 +86,10 @@ class EDMPreconditioning:
         return sigma * sigma + np.float32(self.config.sigma_data**2)
 
     def precondition_inputs(self, sample: np.ndarray, sigma) -> np.ndarray:
-        """c_in x with c_in = 1 / sqrt(sigma^2 + sigma_data^2): the network input at unit variance."""
-        return sample * (np.float32(1) / ns.torch_sqrt32(self._variance(sigma)))
+        """c_in x with c_in = 1 / sqrt(sigma^2 + sigma_data^2): the network input at unit variance, in the sample's
+        dtype (float16 latents stay float16 for the network, as in diffusers)."""
+        scaled = sample * (np.float32(1) / ns.torch_sqrt32(self._variance(sigma)))
+        return scaled.astype(np.float16) if sample.dtype == np.float16 else scaled
 
     def precondition_noise(self, sigma) -> np.ndarray:
         """c_noise = log(sigma) / 4, the noise-level input the network takes (float32, at least 1-D)."""

@@ -8,10 +8,12 @@ NumPy).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
 from collections.abc import Iterable
+from fractions import Fraction
 
 import numpy as np
 
@@ -379,6 +381,14 @@ def dynamic_threshold(sample: np.ndarray, ratio: float, max_value: float) -> np.
 
 # ----- float64 linspace and alpha_bar transforms (CogVideoX) ------------------------------------------------
 def torch_linspace64(start: float, end: float, steps: int, fused: bool | None = None) -> np.ndarray:
+    """See ``_torch_linspace64``; results are cached per (start, end, steps, fused): the exact arithmetic costs
+    milliseconds, and servers build a scheduler per request."""
+    fused = torch_fuses_multiply_add() if fused is None else bool(fused)
+    return _torch_linspace64(float(start), float(end), int(steps), fused).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _torch_linspace64(start: float, end: float, steps: int, fused: bool) -> np.ndarray:
     """``torch.linspace(start, end, steps, dtype=torch.float64)`` as torch's CPU kernel computes it: the two-halves
     formula of ``torch_linspace`` in float64. Where torch fuses the multiply-add, each point is rounded once
     (exact rational arithmetic stands in for the FMA, which Python 3.11 lacks)."""
@@ -390,9 +400,7 @@ def torch_linspace64(start: float, end: float, steps: int, fused: bool | None = 
     first = i < steps // 2
     base = np.where(first, start, end)
     count = np.where(first, i, -(steps - 1 - i))
-    if fused if fused is not None else torch_fuses_multiply_add():
-        from fractions import Fraction  # imported here: this section only appends to the module
-
+    if fused:
         exact_step = Fraction(step)
         return np.array([float(Fraction(b) + exact_step * int(c)) for b, c in zip(base, count, strict=True)])
     return base + step * count
