@@ -44,8 +44,8 @@ def calculate_shift(
 
 
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
-    """SD3's fixed timestep shift shift * s / (1 + (shift - 1) s), in ``sigmas``' dtype (scalars are weak)."""
-    shift = float(shift)
+    """SD3's fixed timestep shift shift * s / (1 + (shift - 1) s) under NumPy's promotion, as diffusers' inference
+    grid computes it: a Python number keeps ``sigmas``' dtype, a NumPy float64 shift widens float32 sigmas."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
@@ -55,7 +55,7 @@ def training_sigmas(num_train_timesteps: int, shift: float | None) -> np.ndarray
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"num_train_timesteps={n!r} is not supported; accepted: a positive integer.")
     sigmas = np.linspace(1, n, n, dtype=f32)[::-1] / f32(n)
-    return sigmas if shift is None else shift_sigmas(sigmas, shift)
+    return sigmas if shift is None else shift_sigmas(sigmas, float(shift))  # torch: any scalar shift is weak
 
 
 # torch evaluates a float16 tensor times a 0-d float32 tensor differently by operand order; diffusers' steps use both

@@ -71,6 +71,12 @@ def torch_linspace(start: float, end: float, steps: int, fused: bool | None = No
     step = (end - start) / (steps - 1) in float32; the first half of the points is start + step * i and the
     second half end - step * (steps - 1 - i), so both ends are exact. ``fused`` (default: as torch does on this
     host, see ``torch_fuses_multiply_add``) rounds each point once; otherwise the product is rounded first."""
+    fused = torch_fuses_multiply_add() if fused is None else bool(fused)
+    return _torch_linspace(float(start), float(end), int(steps), fused).copy()  # cached: built per request
+
+
+@functools.lru_cache(maxsize=64)
+def _torch_linspace(start: float, end: float, steps: int, fused: bool) -> np.ndarray:
     start32, end32 = np.float32(start), np.float32(end)
     if steps == 1:
         return np.array([start32], dtype=np.float32)
@@ -79,7 +85,7 @@ def torch_linspace(start: float, end: float, steps: int, fused: bool | None = No
     first = i < steps // 2
     base = np.where(first, start32, end32)
     count = np.where(first, i, -(steps - 1 - i))
-    if fused if fused is not None else torch_fuses_multiply_add():
+    if fused:
         return fma32(step, count, base)
     return (base + step * count.astype(np.float32)).astype(np.float32)
 
