@@ -211,7 +211,15 @@ class FlowMatchEulerDiscreteScheduler(Scheduler):
             sigmas = shift_sigmas(sigmas, self.shift)
         if cfg.shift_terminal:
             sigmas = self.stretch_shift_to_terminal(sigmas)
-        resampled = ns.resample_sigmas(cfg, sigmas, len(sigmas))
+        try:
+            resampled = ns.resample_sigmas(cfg, sigmas, len(sigmas))
+        except ValueError:  # diffusers fails the same way: math.log of a sigma bound <= 0
+            raise ConfigError(
+                f"use_exponential_sigmas spaces sigmas in log space, so the schedule's first and last sigmas (or the "
+                f"config's sigma_max / sigma_min) must be above 0; this one runs from {sigmas[0]} to {sigmas[-1]}. "
+                "End custom sigmas above 0, keep timesteps within num_train_timesteps and mu positive, or turn "
+                "use_exponential_sigmas off."
+            ) from None
         sigmas = (sigmas if resampled is None else resampled).astype(f32)
         if not np.isfinite(sigmas).all():  # diffusers carries the NaNs on and fails at the first step
             raise ConfigError(

@@ -160,6 +160,19 @@ def test_set_shift_changes_the_next_schedule_like_diffusers():
     assert (ours.sigma_min, ours.sigma_max) == (reference.sigma_min, reference.sigma_max)
 
 
+@pytest.mark.parametrize(
+    "shift", [np.float64(2.7), np.float32(1.7), 2.7], ids=["numpy-float64", "numpy-float32", "float"]
+)
+@pytest.mark.parametrize("name", [EULER, LCM])
+def test_set_shift_keeps_numpys_promotion_on_custom_sigmas(name, shift):
+    # float32 custom sigmas shifted by a NumPy float64 shift are computed in float64 by diffusers (NumPy 2 promotion)
+    ours, reference = build(name, {"shift_terminal": 0.1})
+    ours.set_shift(shift)
+    reference.set_shift(shift)
+    sigmas = np.sort(np.random.default_rng(14).uniform(0.05, 1.0, 40))[::-1].tolist()
+    set_both(ours, reference, sigmas=sigmas)
+
+
 def test_sigma_bounds_from_a_shared_config_apply_like_diffusers():
     # diffusers keeps fields of other schedulers' configs and its karras rule reads sigma_min / sigma_max
     config = {"use_karras_sigmas": True, "sigma_min": 0.05, "sigma_max": 0.9}
@@ -352,6 +365,27 @@ def test_set_timesteps_refusals_match_diffusers(name, config, set_kwargs):
     with pytest.raises(ValueError):
         reference.set_timesteps(**set_kwargs)
     with pytest.raises(ConfigError):
+        ours.set_timesteps(**set_kwargs)
+
+
+@pytest.mark.parametrize(
+    "config, set_kwargs",
+    [
+        ({"use_exponential_sigmas": True}, {"sigmas": [1.0, 0.5, 0.0]}),  # log(0)
+        ({**FLUX, "time_shift_type": "linear", "use_exponential_sigmas": True}, {"num_inference_steps": 8, "mu": -0.1}),
+        (
+            {**FLUX, "time_shift_type": "linear", "use_exponential_sigmas": True, "num_train_timesteps": 100},
+            {"timesteps": [150.0, 90.0, 10.0], "mu": 0.2},  # 1 / t - 1 < 0 at t = 1.5 turns the first sigma negative
+        ),
+    ],
+    ids=["sigmas-ending-at-zero", "negative-linear-mu", "timesteps-past-training"],
+)
+@pytest.mark.parametrize("name", [EULER, LCM])
+def test_exponential_sigmas_need_positive_bounds_like_diffusers(name, config, set_kwargs):
+    ours, reference = build(name, config)
+    with pytest.raises(ValueError, match="math domain"):
+        reference.set_timesteps(**set_kwargs)
+    with pytest.raises(ConfigError, match="use_exponential_sigmas"):
         ours.set_timesteps(**set_kwargs)
 
 
