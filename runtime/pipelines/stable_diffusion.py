@@ -482,7 +482,7 @@ class StableDiffusionBase(DiffusionPipeline):
             latents = self.check_latents(latents, shape, f"{shape[0]} images of {size[0]}x{size[1]} pixels")
         return (latents * call.scheduler.init_noise_sigma).astype(np.float32)
 
-    def set_schedule(self, scheduler: Scheduler, args) -> int:
+    def set_schedule(self, scheduler: Scheduler, args: PromptArguments) -> int:
         """Set the call's schedule as diffusers' ``retrieve_timesteps`` does: the custom ``timesteps`` / ``sigmas``
         when given (their length is then the step count), else ``num_inference_steps`` spaced per config.
         Returns the step count."""
@@ -493,7 +493,7 @@ class StableDiffusionBase(DiffusionPipeline):
         scheduler.set_timesteps(**custom)
         return len(scheduler.timesteps)
 
-    def strength_timesteps(self, scheduler: Scheduler, args) -> tuple[np.ndarray, int]:
+    def strength_timesteps(self, scheduler: Scheduler, args: PromptArguments) -> tuple[np.ndarray, int]:
         """The schedule image-to-image runs: the last ``strength`` of ``num_inference_steps`` steps (of the custom
         schedule, when one is given)."""
         custom = custom_schedule(scheduler, args) or {}
@@ -508,7 +508,7 @@ class StableDiffusionBase(DiffusionPipeline):
         return timesteps, steps
 
 
-def custom_schedule(scheduler: Scheduler, args) -> dict[str, list[float]] | None:
+def custom_schedule(scheduler: Scheduler, args: PromptArguments) -> dict[str, list[float]] | None:
     """``{"timesteps": [...]}`` or ``{"sigmas": [...]}`` from the call's arguments, or None; a scheduler whose
     ``set_timesteps`` takes no such schedule is refused, naming those that do."""
     for kind in ("timesteps", "sigmas"):
