@@ -18,7 +18,7 @@ import diffrt.runtime.schedulers.consistency_models as consistency_models
 from diffrt.runtime.errors import ConfigError
 
 # Plain diffusers (one torch sqrt 1 ulp off at sigma 5.91, see below): measured 1.7e-7 x max(|x|, 1).
-PLAIN_RTOL = 3e-7
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 
 
 def build(config: dict):

@@ -20,7 +20,7 @@ from diffrt.runtime.errors import ConfigError
 
 # Plain diffusers (its coefficient cos / sqrt one ulp off for some ratios): measured up to 9.6e-7 x max(|x|, 1),
 # with scaler 0.5 over 60 steps (6.0e-7 for the default config).
-PLAIN_RTOL = 1.5e-6
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 CONFIGS = [{}, {"scaler": 2.0}, {"scaler": 3.0}, {"scaler": 0.5}, {"scaler": 0.8, "s": 0.02}, {"scaler": 1.5}]
 
 

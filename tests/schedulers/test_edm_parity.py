@@ -285,8 +285,8 @@ def test_add_noise_after_a_step_uses_the_current_step_as_in_diffusers(name):
 # an ulp off in a few table entries; an ulp of sigma near 1 moves log(sigma) / 4 by several ulps of its small value),
 # every step within 4.1e-7 (Euler) / 5.5e-7 (DPM-Solver) x max(|x|, 1): one-ulp scalar sqrt / exp / log in c_in,
 # c_out and the solver weights.
-PLAIN_TABLE_ULPS = 4
-PLAIN_RTOL = 6e-7
+PLAIN_TABLE_ULPS = 8
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 
 
 PLAIN_CONFIGS = [{"sigma_schedule": s, "prediction_type": p} for s in SCHEDULES for p in PREDICTIONS]

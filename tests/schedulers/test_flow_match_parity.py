@@ -64,7 +64,7 @@ CUSTOM = {
 }
 # torch's 0-d sqrt(sigma_hat^2 - sigma^2) lands one ulp off the correctly rounded value for a few of the
 # (shift 2, 20 steps) sigmas below; one ulp in that coefficient measured at most 2.6e-7 x max(|x|, 1) over the loop
-PLAIN_RTOL = 4e-7
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 # diffusers' own divide-by-zero warnings (1 / t at sigma 0, shift_terminal on one step), which diffrt silences
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 

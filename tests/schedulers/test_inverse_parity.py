@@ -33,7 +33,7 @@ from diffrt.runtime.schedulers.base import KARRAS_SCHEDULERS
 
 DDIM, DPM = "DDIMInverseScheduler", "DPMSolverMultistepInverseScheduler"
 ULPS = 2
-PLAIN_RTOL = 1e-6  # plain diffusers (torch-rounded scalars), measured above
+PLAIN_RTOL = 4e-6  # plain diffusers (torch-rounded scalars): several times what was measured, for other CPUs
 TABLES = 10**6  # correctly_rounded_scalars size that also covers diffusers' 1000-entry tables
 FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 

@@ -27,8 +27,8 @@ from diffrt.runtime.schedulers import SCHEDULERS
 
 NAME = "IPNDMScheduler"
 ULPS = 2
-PLAIN_RTOL = 1e-6
-TIMESTEP_ULPS = 2
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
+TIMESTEP_ULPS = 4
 TRAINED = {
     "from pure noise": [1.0, 0.8, 0.5, 0.2, 0.05, 0.0],
     "from partial noise": [0.9, 0.6, 0.3, 0.1, 0.01],

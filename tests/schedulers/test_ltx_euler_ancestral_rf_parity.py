@@ -19,7 +19,7 @@ from diffrt.runtime.errors import ConfigError
 NAME = "LTXEulerAncestralRFScheduler"
 # Plain diffusers: bit-identical for most schedules; one renoise sqrt one ulp off (linear-5, eta 0.5, s_noise 0.8)
 # measured 2.7e-7 x max(|x|, 1).
-PLAIN_RTOL = 4e-7
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 # LTX-Video 0.9.x distilled schedules (ComfyUI), and a plain evenly spaced one; all end at 0
 SIGMA_SCHEDULES = {
     "ltx-distilled": [1.0, 0.9937, 0.9875, 0.9812, 0.975, 0.9094, 0.725, 0.4219, 0.0],

@@ -29,7 +29,7 @@ from diffrt.runtime.schedulers.base import KARRAS_SCHEDULERS
 
 DDIM, DDPM = "DDIMParallelScheduler", "DDPMParallelScheduler"
 ULPS = 2
-RTOL = 1e-6  # where NumPy's correctly rounded sqrt meets torch's (module docstring)
+RTOL = 4e-6  # where NumPy's correctly rounded sqrt meets torch's (module docstring)
 ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}
 
 

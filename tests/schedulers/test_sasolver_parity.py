@@ -23,7 +23,7 @@ from diffrt.runtime.schedulers import noise_schedule as ns
 NAME = "SASolverScheduler"
 SIGMA_SCHEDULES = ({}, {"use_karras_sigmas": True}, {"use_exponential_sigmas": True}, {"use_beta_sigmas": True})
 # Plain diffusers (MKL-rounded scalars) against diffrt: measured at most 6.6e-7 x max(|x|, 1) over the sweep below.
-PLAIN_RTOL = 1e-6
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 
 
 def build(config: dict):

@@ -19,7 +19,7 @@ import diffrt.runtime.schedulers.scm as scm
 from diffrt.runtime.errors import ConfigError
 
 # Plain diffusers (its cos / sin one ulp off for some angles): measured 2.7e-7 x max(|x|, 1) over 25 steps.
-PLAIN_RTOL = 4e-7
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 
 
 def build(config: dict):

@@ -22,7 +22,7 @@ PRIOR_SHAPE = (2, 32)  # Kandinsky's prior samples image embeddings: (batch, emb
 KANDINSKY_PRIOR = {"clip_sample_range": 10.0, "prediction_type": "sample"}
 # Plain diffusers: bit-identical for fixed_small_log here; learned_range (torch's vector exp of the log-variance,
 # one ulp off for some elements) measured 7.7e-7 x max(|x|, 1) over 25 steps.
-PLAIN_RTOL = 1.2e-6
+PLAIN_RTOL = 4e-6  # several times what this host measures (see above): other CPUs run other torch kernels
 
 
 def build(config: dict):
