@@ -25,6 +25,25 @@ RTOL = 2e-4
 SHAPE = (2, 4, 8, 8)
 STEP_COUNTS = (1, 4, 25, 50)
 SD_BASE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}
+# The schedulers on diffusers' shared beta tables, Stable Diffusion's own (the newer ones test their tables in
+# their parity files).
+SD_SCHEDULERS = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DEISMultistepScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "LCMScheduler",
+    "LMSDiscreteScheduler",
+    "PNDMScheduler",
+    "TCDScheduler",
+    "UniPCMultistepScheduler",
+)
 
 
 def stand_in_model(x: np.ndarray, t: float) -> np.ndarray:

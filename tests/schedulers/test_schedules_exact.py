@@ -22,29 +22,12 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+from parity import SD_SCHEDULERS
 from ulps import max_ulps
 
 import diffrt.runtime.schedulers as schedulers
 from diffrt.runtime.schedulers import noise_schedule as ns
 
-# The schedulers on diffusers' shared beta tables (the newer ones test their own tables in their parity files).
-ORIGINAL = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "DEISMultistepScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "KDPM2DiscreteScheduler",
-    "LCMScheduler",
-    "LMSDiscreteScheduler",
-    "PNDMScheduler",
-    "TCDScheduler",
-    "UniPCMultistepScheduler",
-)
 BETAS = (
     {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02},
     {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
@@ -140,7 +123,7 @@ def test_torch_linspace_follows_torch_to_its_baseline_kernel():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("name", ORIGINAL)
+@pytest.mark.parametrize("name", SD_SCHEDULERS)
 def test_betas_and_cumulative_alphas_are_identical(name):
     compared = 0
     for betas in BETAS:
@@ -165,7 +148,7 @@ def test_sigmoid_betas_within_a_few_ulps():
     assert max_ulps(ours.betas, reference.betas.numpy()) <= 4
 
 
-@pytest.mark.parametrize("name", ORIGINAL)
+@pytest.mark.parametrize("name", SD_SCHEDULERS)
 def test_schedules_identical_given_torch_primitives(name, torch_primitives):
     fields = schedulers.SCHEDULERS[name].config_fields()
     compared = 0
