@@ -113,7 +113,7 @@ def main() -> int:
         sum(n["export_seconds"] for n in provenance["networks"].values()), 1
     )
     apply = (
-        "from diffrt.export.lora import LoraSpec\nfrom diffrt.export.lora_package import apply_loras\n"
+        "from diffrt.runtime.lora import LoraSpec\nfrom diffrt.export.lora_package import apply_loras\n"
         f"apply_loras({str(plain)!r}, {str(applied)!r}, (LoraSpec.parse({str(adapter)!r}),), force=True)"
     )
     results["lora_apply_s"], results["lora_apply_rss_gb"] = timed_child(apply)

@@ -42,7 +42,7 @@ def add_lora_argument(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _lora_specs(values: list[str]):
-    from .lora import LoraSpec
+    from ..runtime.lora import LoraSpec
 
     return tuple(LoraSpec.parse(v) for v in values)
 

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..runtime.errors import CheckpointError, PackageError
+from ..runtime.lora import LoraAdapter, LoraSpec, lora_deltas, read_lora
 from ..runtime.schema import EXTERNAL_DATA_FILE, MODEL_FILE, PROVENANCE_NAME
 from ..staging import staged_folder
 from .graph_folder import WeightsMap, canonical, read_weights_map, save_graph
-from .lora import LoraAdapter, LoraSpec, lora_deltas, read_lora
 from .output import check_output, writing
+from .weights import lora_pickle_loader
 
 LORA_BASE = "lora_base.safetensors"
 LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
@@ -47,7 +48,7 @@ def fuse_into_source(source, specs: Sequence[LoraSpec], allow_pickle: bool = Fal
     components load fused weights. The state dicts are loaded once here and handed to the model builders."""
     import torch
 
-    adapters = [read_lora(spec, allow_pickle=allow_pickle) for spec in specs]
+    adapters = [read_lora(spec, pickle_loader=lora_pickle_loader(allow_pickle)) for spec in specs]
     comps = dict(source.components)
     state_dicts = {name: comps[name].load_weights() for name in LORA_NETWORKS if name in comps}
     targets = {
@@ -136,7 +137,7 @@ def _apply(
     networks = [n for n in LORA_NETWORKS if (package / n / MODEL_FILE).is_file()]
     maps = {name: read_weights_map(package / name) for name in networks}
 
-    adapters: list[LoraAdapter] = [read_lora(spec, allow_pickle=allow_pickle) for spec in specs]
+    adapters: list[LoraAdapter] = [read_lora(spec, pickle_loader=lora_pickle_loader(allow_pickle)) for spec in specs]
     protos = {}
     for name in networks:
         progress(name, "reading graph")

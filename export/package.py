@@ -18,11 +18,11 @@ from typing import Any
 
 from .. import __version__
 from ..runtime.errors import ConfigError
+from ..runtime.lora import LoraSpec
 from ..runtime.networks import ShapeRange
 from ..runtime.schema import CONFIG_NAME, INDEX_NAME, PROVENANCE_NAME, SCHEDULER_CONFIG, default_size
 from ..staging import staged_folder
 from . import weights
-from .lora import LoraSpec
 from .lora_package import LORA_NETWORKS, fuse_into_source, write_lora_base
 from .onnx_export import (
     DEFAULT_OPSET,

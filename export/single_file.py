@@ -34,7 +34,7 @@ import torch
 
 from diffrt.runtime.errors import CheckpointError
 
-from .ldm_names import UNetBlocks, resnet_layers
+from ..runtime.ldm_names import UNetBlocks, resnet_layers
 
 __all__ = [
     "FAMILIES",

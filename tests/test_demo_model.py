@@ -49,9 +49,9 @@ def ink_per_image(images: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     """The demo model exported as it is, with its LoRA at weight 1, and at weight 0."""
-    from diffrt.export.lora import LoraSpec
     from diffrt.export.package import ExportOptions, export_package
     from diffrt.export.source import load_source
+    from diffrt.runtime.lora import LoraSpec
 
     root = tmp_path_factory.mktemp("digits")
     source = load_source(MODEL)
@@ -93,8 +93,8 @@ def generated(packages):
 
 
 def test_committed_weights_are_small_fp16_and_kohya():
-    from diffrt.export.lora import read_lora
     from diffrt.export.weights import read_safetensors_header
+    from diffrt.runtime.lora import read_lora
 
     files = sorted(MODEL.rglob("*.safetensors"))
     assert {f.relative_to(MODEL).as_posix() for f in files} == {

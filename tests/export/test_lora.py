@@ -1,4 +1,4 @@
-"""diffrt.export.lora: LoRA files read and fused in NumPy, checked against diffusers' load_lora_weights + fuse_lora.
+"""diffrt.runtime.lora: LoRA files read and fused in NumPy, checked against diffusers' load_lora_weights + fuse_lora.
 
 Each parity test loads the tiny SD1 pipeline in diffusers, fuses the same files with the same adapter weights, and
 compares every parameter of the UNet and the text encoder with base + our delta.
@@ -19,8 +19,8 @@ import safetensors.torch
 import torch
 
 from diffrt.export import weights as W
-from diffrt.export.lora import LoraAdapter, LoraModule, LoraSpec, lora_deltas, read_lora
 from diffrt.runtime.errors import CheckpointError
+from diffrt.runtime.lora import LoraAdapter, LoraModule, LoraSpec, lora_deltas, read_lora
 
 COMPONENTS = ("unet", "text_encoder")
 TOLERANCE = 1e-5
@@ -207,11 +207,14 @@ def test_kohya_alpha_is_per_module(lora_files, tiny_models, tmp_path):
 def test_pickled_lora_needs_allow_pickle_and_then_matches(lora_files, tiny_models, tmp_path):
     pickled = tmp_path / "kohya.bin"
     torch.save(safetensors.torch.load_file(str(lora_files["kohya"])), pickled)
-    with pytest.raises(CheckpointError) as error:
+    with pytest.raises(CheckpointError) as error:  # the runtime has no torch: it never unpickles
         read_lora(pickled)
+    assert "--allow-pickle" in assert_one_sentence(error, pickled) and "torch-free runtime" in str(error.value)
+    with pytest.raises(CheckpointError) as error:  # export without the opt-in: weights.py's refusal
+        read_lora(pickled, pickle_loader=W.lora_pickle_loader(False))
     assert "allow_pickle" in assert_one_sentence(error, pickled)
     targets = model_targets(tiny_models["sd1"])
-    from_pickle, _ = lora_deltas([read_lora(pickled, allow_pickle=True)], targets)
+    from_pickle, _ = lora_deltas([read_lora(pickled, pickle_loader=W.lora_pickle_loader(True))], targets)
     from_safetensors, _ = lora_deltas([read_lora(lora_files["kohya"])], targets)
     for component, params in from_safetensors.items():
         for key, value in params.items():
@@ -507,7 +510,7 @@ def test_read_safetensors_numpy_validates_the_header_first(tmp_path):
 
 
 def test_import_does_not_import_torch():
-    code = "import sys, diffrt.export.lora; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    code = "import sys, diffrt.runtime.lora; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -15,11 +15,11 @@ from pipeline_parity import assert_images_close, load_diffusers, run_diffrt, run
 
 from diffrt.cli import main
 from diffrt.export.graph_folder import WEIGHTS_MAP
-from diffrt.export.lora import LoraSpec
 from diffrt.export.lora_package import LORA_BASE, apply_loras
 from diffrt.export.package import ExportOptions, export_package
 from diffrt.export.source import load_source
 from diffrt.runtime import PackageError
+from diffrt.runtime.lora import LoraSpec
 from diffrt.runtime.pipelines import StableDiffusionPipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"

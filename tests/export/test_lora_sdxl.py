@@ -12,10 +12,10 @@ import safetensors.numpy
 from test_lora import assert_one_sentence, save_np
 
 from diffrt.export import weights as W
-from diffrt.export.lora import LoraSpec, lora_deltas, read_lora
 from diffrt.export.lora_package import fuse_into_source
 from diffrt.export.source import load_source
 from diffrt.runtime.errors import CheckpointError
+from diffrt.runtime.lora import LoraSpec, lora_deltas, read_lora
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 TOLERANCE = 1e-5

@@ -1,7 +1,8 @@
 """LoRA adapters read and fused in NumPy, with the numbers of diffusers' ``load_lora_weights`` + ``fuse_lora``.
 
-Three file formats are read (safetensors through :func:`~diffrt.export.weights.read_safetensors_numpy`, pickles
-only with ``allow_pickle=True``):
+Three file formats are read (safetensors through :func:`~diffrt.runtime.safetensors_file.read_safetensors_numpy`;
+pickles only at export, where torch is, through the ``pickle_loader`` export hands in), and state dicts given as
+mappings of arrays (diffusers' ``load_lora_weights(dict)``):
 
 * ``"peft"``: diffusers / PEFT keys ``unet.<module>.lora_A.weight`` and ``.lora_B.weight`` (also
   ``text_encoder.``). Per-module scale ``lora_alpha / r`` comes from the LoraConfig diffusers stores in the
@@ -29,21 +30,34 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..runtime.errors import CheckpointError
-from . import weights
+from .errors import CheckpointError
 from .ldm_names import UNetBlocks, resnet_layers
+from .safetensors_file import check_finite_tensors, file_sha256, read_safetensors_numpy
 
-__all__ = ["LORA_FORMATS", "LoraAdapter", "LoraModule", "LoraSpec", "lora_deltas", "read_lora"]
+__all__ = [
+    "LORA_FORMATS",
+    "LoraAdapter",
+    "LoraModule",
+    "LoraSpec",
+    "lora_deltas",
+    "lora_from_tensors",
+    "read_lora",
+    "resolve_modules",
+]
 
 LORA_FORMATS = ("peft", "attn-procs", "kohya")
 MAX_WEIGHT = 1000.0  # adapters are used near 1; a weight of 1e30 fuses into weights whose activations overflow
+
+# Extensions of the weight files diffrt reads; pickles (all but the first) only at export, on request.
+PICKLE_EXTENSIONS = (".ckpt", ".bin", ".pt", ".pth")
+ACCEPTED_EXTENSIONS = (".safetensors", *PICKLE_EXTENSIONS)
 
 # The file name diffusers' save_lora_weights writes, read when a folder is given.
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -139,7 +153,7 @@ class LoraSpec:
             except ValueError:
                 weight = None
             # A path whose extension ends right before the colon meant a weight, so a bad one is an error.
-            if weight is None and head.lower().endswith(weights.ACCEPTED_EXTENSIONS):
+            if weight is None and head.lower().endswith(ACCEPTED_EXTENSIONS):
                 raise CheckpointError(
                     f"LoRA argument {text!r} has the weight {tail!r}, which is not a number; "
                     "accepted: FILE or FILE:WEIGHT with a finite number, such as style.safetensors:0.8."
@@ -238,19 +252,39 @@ def _as_spec(spec: LoraSpec | str | os.PathLike) -> LoraSpec:
     raise CheckpointError(f"LoRA argument {spec!r} is a {type(spec).__name__}; accepted: a path or LoraSpec.")
 
 
-def _load_tensors(path: Path, allow_pickle: bool) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    if path.suffix.lower() == ".safetensors":
-        return weights.read_safetensors_numpy(path)
-    # Pickles (refused unless allow_pickle) and unknown extensions get weights.py's checks and messages.
-    loaded = weights.load_weights_file(path, allow_pickle=allow_pickle)
-    return {key: value.detach().float().cpu().numpy() for key, value in loaded.items()}, {}
+PickleLoader = Callable[[Path], dict[str, np.ndarray]]
+"""Reads a pickled LoRA file into float32 arrays (export's, with torch); the runtime has none."""
 
 
-def read_lora(spec: LoraSpec | str | os.PathLike, allow_pickle: bool = False) -> LoraAdapter:
+def _pickle_refusal(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"LoRA file {_name(path)} is a pickle, which the torch-free runtime does not open (unpickling can run "
+        "arbitrary code from the file, and needs torch); accepted: a LoRA file in safetensors format: convert it, or, if you "
+        "trust its source, fuse it at export with `diffrt export SOURCE OUT --lora FILE --allow-pickle`."
+    )
+
+
+def _load_tensors(path: Path, pickle_loader: PickleLoader | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return read_safetensors_numpy(path)
+    if not path.exists():
+        raise CheckpointError(f"LoRA file {_name(path)} does not exist.")
+    if suffix in PICKLE_EXTENSIONS and pickle_loader is None:
+        raise _pickle_refusal(path)
+    if pickle_loader is not None:  # export's loader: its own refusal, checks and messages for pickles and the rest
+        return pickle_loader(path), {}
+    raise CheckpointError(
+        f"LoRA file {_name(path)} has an extension diffrt does not read at run time; accepted: a safetensors file."
+    )
+
+
+def read_lora(spec: LoraSpec | str | os.PathLike, pickle_loader: PickleLoader | None = None) -> LoraAdapter:
     """Read a LoRA file (``"file"`` or ``"file:weight"``; a save_lora_weights folder too) into NumPy.
 
     Raises CheckpointError naming the file when it holds no LoRA weights, keys diffrt cannot read, an adapter
-    type other than LoRA / LoCon (Tucker, LoHa, LoKr, DoRA...), or halves that do not pair up.
+    type other than LoRA / LoCon (Tucker, LoHa, LoKr, DoRA...), or halves that do not pair up. Pickled files are
+    read only through ``pickle_loader`` (export passes one that honours ``--allow-pickle``).
     """
     spec = _as_spec(spec)
     path = Path(spec.path)
@@ -261,17 +295,42 @@ def read_lora(spec: LoraSpec | str | os.PathLike, allow_pickle: bool = False) ->
                 "or a folder written by diffusers' save_lora_weights."
             )
         path = path / DIFFUSERS_LORA_FILE
-    tensors, metadata = _load_tensors(path, allow_pickle)
-    where = f"LoRA file {_name(path)}"
+    tensors, metadata = _load_tensors(path, pickle_loader)
+    fmt, modules = _parse(tensors, metadata, f"LoRA file {_name(path)}")
+    return LoraAdapter(path=path, sha256=file_sha256(path), weight=float(spec.weight), format=fmt, modules=modules)
+
+
+def lora_from_tensors(
+    tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None, weight: float = 1.0
+) -> LoraAdapter:
+    """An adapter from a state dict held in memory (``{key: array}``, keys as a LoRA file has them), as diffusers'
+    ``load_lora_weights(state_dict)`` takes it; arrays of any float dtype (or objects NumPy can convert)."""
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise CheckpointError(
+            f"LoRA state dict {type(tensors).__name__} is not accepted; accepted: a non-empty dict of arrays by key."
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in tensors.items():
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise CheckpointError(
+                f"LoRA state dict entry {_short(key)} is a {type(value).__name__}, not an array; accepted: arrays."
+            ) from None
+        arrays[str(key)] = array
+    check_finite_tensors(arrays, "LoRA state dict")
+    fmt, modules = _parse(arrays, dict(metadata or {}), "LoRA state dict")
+    return LoraAdapter(path=Path("<state dict>"), sha256="", weight=float(weight), format=fmt, modules=modules)
+
+
+def _parse(
+    tensors: dict[str, np.ndarray], metadata: dict[str, str], where: str
+) -> tuple[str, dict[str, dict[str, LoraModule]]]:
     _refuse_unsupported(tensors, where)
     kohya = [key for key in tensors if key.startswith(tuple(_KOHYA_PREFIXES))]
     if kohya and len(kohya) == len(tensors):
-        fmt, modules = "kohya", _parse_kohya(tensors, where)
-    else:
-        fmt, modules = _parse_diffusers(tensors, metadata, where)
-    return LoraAdapter(
-        path=path, sha256=weights.file_sha256(path), weight=float(spec.weight), format=fmt, modules=modules
-    )
+        return "kohya", _parse_kohya(tensors, where)
+    return _parse_diffusers(tensors, metadata, where)
 
 
 def _refuse_unsupported(tensors: dict[str, np.ndarray], where: str) -> None:
@@ -652,58 +711,69 @@ def _unresolved_error(where: str, missing: list[str], ldm_names: bool) -> Checkp
     )
 
 
+def resolve_modules(
+    adapter: LoraAdapter, targets: dict[str, dict[str, tuple[int, ...]]]
+) -> dict[tuple[str, str], LoraModule]:
+    """``adapter``'s modules by (component, parameter name) of the model whose parameter shapes are ``targets``.
+
+    ``targets`` maps a component (``"unet"``, ``"text_encoder"``, ``"text_encoder_2"``) to ``{parameter name:
+    shape}``; text-encoder names may carry transformers 4's ``text_model.`` prefix or not. Raises CheckpointError
+    naming the adapter for modules of another model family, modules that match no layer (or several), or shapes
+    that do not fit.
+    """
+    index = {component: _Targets(component, shapes) for component, shapes in targets.items()}
+    where = f"LoRA file {_name(adapter.path)}"
+    _check_family(adapter, index, where)
+    kohya = adapter.format == "kohya"
+    resolved: dict[tuple[str, str], LoraModule] = {}
+    missing: list[str] = []
+    for component, modules in adapter.modules.items():
+        for key, module in modules.items():
+            names = index[component].resolve(key, kohya)
+            label = module.source or key
+            if not names:
+                missing.append(label)
+                continue
+            if len(names) > 1:
+                raise CheckpointError(
+                    f"{where} has the module {_short(label)}, whose underscore name fits several layers of "
+                    f"this model ({_listing(names)}); accepted: names that fit one layer."
+                )
+            if (component, names[0]) in resolved:
+                other = resolved[(component, names[0])].source
+                raise CheckpointError(
+                    f"{where} has two modules for the {component} parameter {names[0]} ({_short(other)} and "
+                    f"{_short(label)}); accepted: one module per layer."
+                )
+            resolved[(component, names[0])] = module
+    if missing:
+        raise _unresolved_error(where, missing, "unet" in index and index["unet"].ldm_names)
+    for (component, name), module in resolved.items():
+        shape = index[component].shapes[name]
+        if not module.fits(shape):
+            raise CheckpointError(
+                f"{where} has the module {_short(module.source)} with up {tuple(module.up.shape)} and down "
+                f"{tuple(module.down.shape)}, which does not fit the model's {component} parameter {name} of "
+                f"shape {shape}; accepted: a LoRA trained for this model."
+            )
+    return resolved
+
+
 def lora_deltas(
     adapters: Sequence[LoraAdapter], targets: dict[str, dict[str, tuple[int, ...]]]
 ) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
     """Weight updates of ``adapters`` for the model whose parameter shapes are ``targets``, and one summary each.
 
-    ``targets`` maps a component (``"unet"``, ``"text_encoder"``, ``"text_encoder_2"``) to ``{parameter name:
-    shape}``; text-encoder names may carry transformers 4's ``text_model.`` prefix or not. Returns
-    ``deltas[component][name]``: the sum over adapters of ``weight * (alpha / rank) * up @ down`` (float32, the
-    parameter's shape), what diffusers' ``set_adapters`` + ``fuse_lora`` add; and
-    ``[{"file", "sha256", "weight", "format", "modules"}]``.
-    Raises CheckpointError naming the file for modules of another model family, modules that match no layer,
-    or shapes that do not fit.
+    Returns ``deltas[component][name]``: the sum over adapters of ``weight * (alpha / rank) * up @ down``
+    (float32, the parameter's shape), what diffusers' ``set_adapters`` + ``fuse_lora`` add; and
+    ``[{"file", "sha256", "weight", "format", "modules"}]``. Raises what :func:`resolve_modules` raises.
     """
-    index = {component: _Targets(component, shapes) for component, shapes in targets.items()}
     deltas: dict[str, dict[str, np.ndarray]] = {}
     summaries: list[dict[str, Any]] = []
     for adapter in adapters:
-        where = f"LoRA file {_name(adapter.path)}"
-        _check_family(adapter, index, where)
-        kohya = adapter.format == "kohya"
-        resolved: dict[tuple[str, str], LoraModule] = {}
-        missing: list[str] = []
-        for component, modules in adapter.modules.items():
-            for key, module in modules.items():
-                names = index[component].resolve(key, kohya)
-                label = module.source or key
-                if not names:
-                    missing.append(label)
-                    continue
-                if len(names) > 1:
-                    raise CheckpointError(
-                        f"{where} has the module {_short(label)}, whose underscore name fits several layers of "
-                        f"this model ({_listing(names)}); accepted: names that fit one layer."
-                    )
-                if (component, names[0]) in resolved:
-                    other = resolved[(component, names[0])].source
-                    raise CheckpointError(
-                        f"{where} has two modules for the {component} parameter {names[0]} ({_short(other)} and "
-                        f"{_short(label)}); accepted: one module per layer."
-                    )
-                resolved[(component, names[0])] = module
-        if missing:
-            raise _unresolved_error(where, missing, "unet" in index and index["unet"].ldm_names)
         counts = {component: 0 for component in targets}
-        for (component, name), module in resolved.items():
-            shape = index[component].shapes[name]
-            if not module.fits(shape):
-                raise CheckpointError(
-                    f"{where} has the module {_short(module.source)} with up {tuple(module.up.shape)} and down "
-                    f"{tuple(module.down.shape)}, which does not fit the model's {component} parameter {name} of "
-                    f"shape {shape}; accepted: a LoRA trained for this model."
-                )
+        for (component, name), module in resolve_modules(adapter, targets).items():
+            shape = tuple(targets[component][name])
             # One float32 multiply by weight * alpha / rank, as PEFT's set_scale + merge do.
             update = module.product(shape) * np.float32(adapter.weight * module.scale)
             into = deltas.setdefault(component, {})
