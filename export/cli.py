@@ -12,6 +12,8 @@ import time
 
 from ..units import human_bytes, parse_size
 
+DEFAULT_RANK_MAX = 128  # civitai adapters go to rank 128; two rank-64 adapters at once fit
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a diffusers pipeline folder, or a single checkpoint file (.safetensors)")
@@ -29,6 +31,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-check", action="store_true", help="skip comparing each graph with its torch module")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_lora_argument(p, "fuse a LoRA adapter into the UNet / text encoder(s) before tracing")
+    p.add_argument(
+        "--lora-slots",
+        type=_rank_max,
+        nargs="?",
+        const=DEFAULT_RANK_MAX,
+        metavar="RANK_MAX",
+        help="give every Linear / Conv of the UNet and text encoder(s) inputs for LoRA adapters chosen at run time "
+        f"(load_lora_weights, generate --lora); RANK_MAX bounds the summed rank of the adapters one call uses "
+        f"(default {DEFAULT_RANK_MAX})",
+    )
+
+
+def _rank_max(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--lora-slots {text!r}: accepted: a positive whole number, such as 64")
+    return value
 
 
 def add_lora_argument(p: argparse.ArgumentParser, what: str) -> None:
@@ -69,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         check=not args.no_check,
         force=args.force,
         loras=loras,
+        lora_slots=args.lora_slots,
         allow_pickle=args.allow_pickle,
     )
     source = load_source(args.source, config_dir=args.config, allow_pickle=args.allow_pickle, variant=args.variant)

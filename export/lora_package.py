@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from ..staging import staged_folder
 from .graph_folder import WeightsMap, canonical, read_weights_map, save_graph
 from .output import check_output, writing
 from .weights import lora_pickle_loader
+
+if TYPE_CHECKING:
+    from .onnx_export import GraphReport
 
 LORA_BASE = "lora_base.safetensors"
 LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
@@ -87,6 +90,26 @@ def write_lora_base(folder: Path, base: dict[str, np.ndarray]) -> None:
         save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(base.items())}, str(path))
     elif path.exists():
         path.unlink()
+
+
+# ----- slots for adapters chosen at run time ----------------------------------------------------------------------
+def add_slots(graph: GraphReport, rank_max: int) -> GraphReport:
+    """Give the exported graph ``graph`` LoRA slots in place (:mod:`diffrt.kernels.lora_slots`) and write its slot
+    list beside it; the report's size and time are updated."""
+    import onnx
+
+    from ..kernels.lora_slots import add_lora_slots, write_slots
+
+    start = time.perf_counter()
+    folder = graph.path.parent
+    proto = onnx.load(str(graph.path), load_external_data=True)
+    slotted, slots = add_lora_slots(proto, read_weights_map(folder))
+    del proto
+    save_graph(slotted, graph.path, graph.external_data)
+    write_slots(folder, slots, rank_max)
+    graph.bytes = sum(p.stat().st_size for p in folder.glob(f"{MODEL_FILE}*"))
+    graph.seconds += time.perf_counter() - start
+    return graph
 
 
 # ----- swapping adapters in an exported package -------------------------------------------------------------------

@@ -23,7 +23,7 @@ from ..runtime.networks import ShapeRange
 from ..runtime.schema import CONFIG_NAME, INDEX_NAME, PROVENANCE_NAME, SCHEDULER_CONFIG, default_size
 from ..staging import staged_folder
 from . import weights
-from .lora_package import LORA_NETWORKS, fuse_into_source, write_lora_base
+from .lora_package import LORA_NETWORKS, add_slots, fuse_into_source, write_lora_base
 from .onnx_export import (
     DEFAULT_OPSET,
     EXTERNAL_DATA_THRESHOLD,
@@ -56,9 +56,15 @@ class ExportOptions:
     """LoRA adapters fused into the UNet and text encoders (both of SDXL's) before tracing, each with its weight."""
     allow_pickle: bool = False
     """Read pickle LoRA files (restricted to tensors); the source's own pickle opt-in is given to load_source."""
+    lora_slots: int | None = None
+    """Give the UNet and text encoders LoRA slots (:mod:`diffrt.kernels.lora_slots`) for adapters chosen at run
+    time, the number being the most summed rank one call may feed a weight; None: no slots."""
 
     def __post_init__(self) -> None:
         self.loras = tuple(LoraSpec.parse(s) if isinstance(s, str) else s for s in self.loras)
+        slots = self.lora_slots
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
+            raise ConfigError(f"lora_slots={slots!r} is not accepted; give None or the most rank (an int >= 1).")
         if self.batch < 1:
             raise ConfigError(f"batch={self.batch} must be at least 1.")
         if not 14 <= self.opset <= 20:
@@ -167,6 +173,8 @@ def _export_one(
         external_data_threshold=options.external_data_threshold,
         map_weights=network.name in LORA_NETWORKS,
     )
+    if options.lora_slots is not None and network.name in LORA_NETWORKS:
+        graph = add_slots(graph, options.lora_slots)
     if not options.check:
         return graph, []
     sizes = [(1, shape_range.height[1], shape_range.width[1])]
@@ -256,6 +264,7 @@ def _provenance(
             "opset": options.opset,
             "static": list(options.static) if options.static else None,
             "batch": options.batch,
+            "lora_slots": {"rank_max": options.lora_slots} if options.lora_slots is not None else None,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "python": platform.python_version(),

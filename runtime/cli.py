@@ -38,6 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", metavar="NAME", help="scheduler class to use instead of the package's")
     p.add_argument("--num-images", type=int, default=1, help="images to make for the prompt (default 1)")
     p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="a LoRA adapter for this run (repeat for several; WEIGHT defaults to 1.0); needs a package exported with "
+        "--lora-slots",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("out.png"),
@@ -151,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             why = NOT_FOR_GENERATING.get(args.scheduler, "is unknown")
             raise ConfigError(f"--scheduler {args.scheduler!r} {why}; accepted: {', '.join(usable)}.")
         pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
+    adapters = load_adapters(pipe, args.lora)
     loaded = time.perf_counter() - start
 
     kwargs: dict = {"generator": args.seed}
@@ -163,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs.update(prompt=args.prompt, negative_prompt=args.negative, num_images_per_prompt=args.num_images)
         if args.guidance is not None:
             kwargs["guidance_scale"] = args.guidance
+        if adapters:
+            kwargs["adapters"] = adapters
         if isinstance(pipe, StableDiffusionXLBase):
             kwargs.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2)
         if args.image is not None:
@@ -193,6 +204,24 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def load_adapters(pipe, values: list[str]) -> dict[str, float]:
+    """``--lora FILE[:WEIGHT]`` arguments loaded into ``pipe`` (one adapter per file): {adapter name: weight}."""
+    from .errors import ConfigError
+    from .lora import LoraSpec
+
+    if not values:
+        return {}
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ConfigError(f"--lora applies to text-conditioned packages; this package runs {type(pipe).__name__}.")
+    adapters: dict[str, float] = {}
+    for i, value in enumerate(values):
+        spec = LoraSpec.parse(value)
+        name = f"lora_{i}"
+        pipe.load_lora_weights(str(spec.path), adapter_name=name)
+        adapters[name] = spec.weight
+    return adapters
 
 
 def _open_image(path: Path, flag: str, budget: int):

@@ -259,8 +259,8 @@ PickleLoader = Callable[[Path], dict[str, np.ndarray]]
 def _pickle_refusal(path: Path) -> CheckpointError:
     return CheckpointError(
         f"LoRA file {_name(path)} is a pickle, which the torch-free runtime does not open (unpickling can run "
-        "arbitrary code from the file, and needs torch); accepted: a LoRA file in safetensors format: convert it, or, if you "
-        "trust its source, fuse it at export with `diffrt export SOURCE OUT --lora FILE --allow-pickle`."
+        "arbitrary code from the file, and needs torch); accepted: a LoRA file in safetensors format: convert it, "
+        "or, if you trust its source, fuse it at export with `diffrt export SOURCE OUT --lora FILE --allow-pickle`."
     )
 
 

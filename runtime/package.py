@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .adapters import LORA_NETWORKS, AdapterRegistry
 from .engines import Engine, SessionSettings, load_engine
 from .errors import PackageError
 from .networks import ShapeRange
@@ -161,6 +162,16 @@ class EnginePackage:
         if settings.cuda_graph and network != "unet":
             changes["cuda_graph"] = False
         return dataclasses.replace(settings, **changes) if changes else settings
+
+    @property
+    def adapters(self) -> AdapterRegistry | None:
+        """The LoRA adapters loaded into this package at run time (shared by every pipeline over it); None when the
+        package was exported without LoRA slots."""
+        with self._lock:
+            if not hasattr(self, "_adapters"):
+                networks = [name for name in LORA_NETWORKS if self.has(name)]
+                self._adapters = AdapterRegistry.for_package(self.path, networks)
+            return self._adapters
 
     def tokenizer(self, name: str = "tokenizer") -> CLIPTokenizer:
         """The tokenizer of folder ``name`` ("tokenizer", or SDXL's "tokenizer_2"), built once (its BPE tables take

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from ...kernels.lora_slots import SLOTS_FILE
 from ..errors import BackendUnavailable, ConfigError, PackageError
 from .base import Engine, SessionSettings, logger, model_file, network_name
 
@@ -99,6 +100,14 @@ def trt_backend() -> ModuleType:
 
 def _tensorrt_engine(model: Path, name: str, settings: SessionSettings) -> Engine:
     """A TensorRT engine from the package's plan for this GPU; BackendUnavailable says what is missing."""
+    if (model.parent / SLOTS_FILE).is_file():
+        # Slot inputs would need a rank dimension in every optimization profile (0 to RANK_MAX, two per weight):
+        # not built, and not verifiable while TensorRT cannot be installed here. Refit stays TensorRT's LoRA path.
+        raise BackendUnavailable(
+            f"provider='tensorrt' for {name}: the graph has LoRA slots (--lora-slots), which diffrt's TensorRT "
+            "backend does not build; use ONNX Runtime (provider 'cuda' or 'cpu'), or a package exported without "
+            "slots, with adapters fused (`diffrt lora apply`) and TensorRT's refit."
+        )
     try:
         backend = trt_backend()
     except BackendUnavailable as error:

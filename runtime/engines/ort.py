@@ -201,6 +201,10 @@ class OrtEngine:
             )
         self.inputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_inputs()}
         self.outputs: dict[str, TensorInfo] = {arg.name: self._tensor_info(arg) for arg in self.session.get_outputs()}
+        self.overridable: dict[str, TensorInfo] = {
+            arg.name: self._tensor_info(arg) for arg in self.session.get_overridable_initializers()
+        }
+        """Initializers a run may replace by feeding them (the LoRA slots of a ``--lora-slots`` package)."""
         self._device = ort_cuda.DeviceRunner(self) if requested == CUDA else None
 
     def _graph_for(self, provider: str) -> str | bytes:
@@ -299,10 +303,16 @@ class OrtEngine:
         an int32 one); a float feed of an integer input must hold whole numbers.
         """
         names = select_outputs(self.name, self.outputs, output_names)
+        overrides = {name: value for name, value in feeds.items() if name in self.overridable}
+        if overrides:  # LoRA factors: optional inputs, checked like the rest
+            feeds = {name: value for name, value in feeds.items() if name not in overrides}
         prepared = prepare_feeds(self.name, self.inputs, feeds)
-        if self._device is not None:
+        if overrides:
+            prepared.update(prepare_feeds(self.name, {n: self.overridable[n] for n in overrides}, overrides))
+        if self._device is not None and not overrides:
             results = self._device.run(prepared, names)
         else:
+            # LoRA factors change per adapter set: a plain run copies them (device-resident sets are not built yet).
             results = self.session.run(names, prepared)
         # Pipelines do their NumPy work in float32 whatever precision the graph computes in.
         return {

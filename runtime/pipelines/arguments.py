@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from ..adapters import check_adapter_weights
 from ..errors import ConfigError
 
 Prompt = str | Sequence[str] | None
@@ -40,6 +41,7 @@ DIFFUSERS_ORDER = (
     *("output_type", "guidance_rescale", "original_size", "crops_coords_top_left", "target_size"),
     *("negative_original_size", "negative_crops_coords_top_left", "negative_target_size", "aesthetic_score"),
     *("negative_aesthetic_score", "clip_skip", "callback_on_step_end", "callback_on_step_end_tensor_inputs"),
+    "adapters",  # diffrt's own: the LoRA adapters of this call alone
 )
 
 
@@ -158,9 +160,19 @@ class PromptArguments(CallArguments):
     runs instead of spacing ``num_inference_steps``, which then counts these timesteps."""
     sigmas: Sequence[float] | None = None
     """A custom noise-level schedule for schedulers whose ``set_timesteps`` takes ``sigmas=`` (one of the two)."""
+    adapters: Mapping[str, Any] | None = None
+    """LoRA adapters for this call alone, ``{name: weight}`` (``{}``: none), loaded with ``load_lora_weights``;
+    None runs the pipeline's active set (``set_adapters``). Nothing shared changes, so concurrent calls may differ."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.adapters is not None:
+            if not isinstance(self.adapters, Mapping) or not all(isinstance(k, str) for k in self.adapters):
+                raise ConfigError(
+                    f"adapters={self.adapters!r} is not supported; accepted: None or a dict of adapter name -> weight, "
+                    "such as {'pixel': 0.5, 'toy': 1.0}."
+                )
+            self.adapters = {k: check_adapter_weights(f"adapters[{k!r}]", w) for k, w in self.adapters.items()}
         if self.timesteps is not None and self.sigmas is not None:
             raise ConfigError("timesteps and sigmas were both given; accepted: one custom schedule, or neither.")
         self.timesteps = check_schedule("timesteps", self.timesteps)

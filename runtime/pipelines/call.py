@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters import EMPTY_FEEDS, AdapterFeeds
 from ..errors import ConfigError
 from ..schedulers import Scheduler
 from .arguments import PromptArguments
@@ -90,6 +91,8 @@ class Call:
     pooled_prompt_embeds: np.ndarray | None = None  # SDXL: (batch, projection_dim)
     negative_pooled_prompt_embeds: np.ndarray | None = None
     timestep_cond: np.ndarray | None = None  # LCM: the guidance-scale embedding (batch, time_cond_proj_dim)
+    lora: AdapterFeeds = EMPTY_FEEDS
+    """The LoRA factors this call feeds its networks (its adapter set, fixed when it starts)."""
 
     def guided(self, positive: np.ndarray, negative: np.ndarray | None) -> np.ndarray:
         """What the UNet sees: [negative; positive] stacked under guidance, else the positive alone."""

@@ -16,10 +16,12 @@ import copy
 import inspect
 import math
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..adapters import AdapterFeeds
 from ..errors import ConfigError, NonFiniteError
 from ..image_processor import VaeImageProcessor
 from ..schedulers import SCHEDULERS, Scheduler, as_generator, randn
@@ -28,9 +30,10 @@ from .arguments import Prompt, PromptArguments, check_int
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput
 from .call import Call, CallScope, CallState, DenoisingTensors
 from .inputs import Limits, check_finite, input_pixels, user_images
+from .lora import LoraLoaderMixin
 
 
-class StableDiffusionBase(DiffusionPipeline):
+class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
     """Text-conditioned latent diffusion over a CLIP text encoder, a UNet and a VAE decoder."""
 
     networks: ClassVar[tuple[str, ...]] = ("text_encoder", "unet", "vae_decoder")
@@ -186,6 +189,7 @@ class StableDiffusionBase(DiffusionPipeline):
             generator=as_generator(args.generator),
             batch=prompts * args.num_images_per_prompt,
             prompt_embeds=np.empty(0, np.float32),
+            lora=self.adapter_feeds(args.adapters),
         )
         self.encode_call_prompts(call)
         call.timestep_cond = self.timestep_cond(call)
@@ -265,6 +269,7 @@ class StableDiffusionBase(DiffusionPipeline):
             prompt_embeds=args.prompt_embeds,
             negative_prompt_embeds=args.negative_prompt_embeds,
             clip_skip=args.clip_skip,
+            adapters=call.lora,
         )
 
     def timestep_cond(self, call: Call) -> np.ndarray | None:
@@ -286,14 +291,17 @@ class StableDiffusionBase(DiffusionPipeline):
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
         clip_skip: int | None = None,
+        adapters: Mapping[str, Any] | AdapterFeeds | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Text embeddings (batch x num_images_per_prompt, tokens, hidden), each prompt's copies adjacent.
 
         ``clip_skip=k`` takes the hidden state k layers before the last, final-layer-normed, as diffusers does;
-        the negative prompt is always encoded from the last layer (diffusers' behaviour).
+        the negative prompt is always encoded from the last layer (diffusers' behaviour). ``adapters``: the LoRA
+        adapters the text encoder runs with (None: the pipeline's active set; see :meth:`adapter_feeds`).
         """
+        lora = self.adapter_feeds(adapters).of("text_encoder")
         if prompt_embeds is None:
-            prompt_embeds = self._encode_text(prompt_list("prompt", prompt), clip_skip)
+            prompt_embeds = self._encode_text(prompt_list("prompt", prompt), clip_skip, lora=lora)
         prompt_embeds = np.asarray(prompt_embeds, dtype=np.float32)
         batch = prompt_embeds.shape[0]
         prompt_embeds = np.repeat(prompt_embeds, num_images_per_prompt, axis=0)
@@ -301,11 +309,17 @@ class StableDiffusionBase(DiffusionPipeline):
             return prompt_embeds, None
         if negative_prompt_embeds is None:
             negatives = negative_prompts("negative_prompt", negative_prompt or "", batch)
-            negative_prompt_embeds = self._encode_text(negatives, None, max_length=prompt_embeds.shape[1])
+            negative_prompt_embeds = self._encode_text(negatives, None, max_length=prompt_embeds.shape[1], lora=lora)
         negative_prompt_embeds = np.asarray(negative_prompt_embeds, dtype=np.float32)
         return prompt_embeds, np.repeat(negative_prompt_embeds, num_images_per_prompt, axis=0)
 
-    def _encode_text(self, prompts: list[str], clip_skip: int | None, max_length: int | None = None) -> np.ndarray:
+    def _encode_text(
+        self,
+        prompts: list[str],
+        clip_skip: int | None,
+        max_length: int | None = None,
+        lora: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
         ids = self.tokenizer(prompts, max_length=max_length).input_ids
         if clip_skip is None:
             output = "last_hidden_state"
@@ -324,7 +338,7 @@ class StableDiffusionBase(DiffusionPipeline):
                     "does not have (it was exported elsewhere); re-export it with `diffrt export`."
                 )
         with self.timed("text_encoder"):
-            return self.text_encoder.run({"input_ids": ids}, [output])[output]
+            return self.text_encoder.run({"input_ids": ids, **(lora or {})}, [output])[output]
 
     # ----- the denoising loop -----------------------------------------------------------------------------------
     def denoising_tensors(self, call: Call, latents: np.ndarray, **conditioning: np.ndarray) -> DenoisingTensors:
@@ -401,7 +415,8 @@ class StableDiffusionBase(DiffusionPipeline):
         if channels:
             model_input = np.concatenate([model_input, *channels], axis=1)
         start = time.perf_counter()
-        noise_pred = self.run_unet(model_input, t, tensors.prompt_embeds, call.timestep_cond, self.unet_inputs(tensors))
+        extra = {**self.unet_inputs(tensors), **call.lora.of("unet")}
+        noise_pred = self.run_unet(model_input, t, tensors.prompt_embeds, call.timestep_cond, extra)
         seconds = time.perf_counter() - start
         if cfg:
             uncond, text = np.split(noise_pred, 2)

@@ -12,11 +12,13 @@ place of the target size).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..adapters import EMPTY_FEEDS, AdapterFeeds
 from ..errors import ConfigError
 from ..schedulers import Scheduler
 from .arguments import Prompt, Size, XLArguments, XLImageArguments, check_number
@@ -173,6 +175,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
             pooled_prompt_embeds=args.pooled_prompt_embeds,
             negative_pooled_prompt_embeds=args.negative_pooled_prompt_embeds,
             clip_skip=args.clip_skip,
+            adapters=call.lora,
         )
 
     def encode_prompt(
@@ -189,6 +192,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
         pooled_prompt_embeds: np.ndarray | None = None,
         negative_pooled_prompt_embeds: np.ndarray | None = None,
         clip_skip: int | None = None,
+        adapters: Mapping[str, Any] | AdapterFeeds | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
         """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), each
         (batch x num_images_per_prompt, ...) with each prompt's copies adjacent.
@@ -197,13 +201,17 @@ class StableDiffusionXLBase(StableDiffusionBase):
         encoders' outputs side by side. Pooled: text_encoder_2's projection. ``prompt_2`` / ``negative_prompt_2``
         go to the second encoder and default to ``prompt`` / ``negative_prompt``; a package with only
         text_encoder_2 (a refiner) gives it ``prompt``, as diffusers does. Without a negative prompt, packages
-        with ``force_zeros_for_empty_prompt`` (SDXL base) use zeros as the negative embeddings.
+        with ``force_zeros_for_empty_prompt`` (SDXL base) use zeros as the negative embeddings. ``adapters``: the
+        LoRA adapters the encoders run with (None: the pipeline's active set; see :meth:`adapter_feeds`).
         """
+        lora = self.adapter_feeds(adapters)
         pooled = None if pooled_prompt_embeds is None else np.asarray(pooled_prompt_embeds, dtype=np.float32)
         if prompt_embeds is None:
             prompts = prompt_list("prompt", prompt)
             prompts_2 = prompt_list("prompt_2", prompt_2 or prompt)
-            prompt_embeds, text_pooled = self._encode_texts([prompts, prompts_2], self._hidden_layer(clip_skip))
+            prompt_embeds, text_pooled = self._encode_texts(
+                [prompts, prompts_2], self._hidden_layer(clip_skip), lora=lora
+            )
             pooled = text_pooled if pooled is None else pooled
         prompt_embeds = np.asarray(prompt_embeds, dtype=np.float32)
         batch = prompt_embeds.shape[0]
@@ -216,7 +224,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
                 negatives = negative_prompts("negative_prompt", negative_prompt or "", batch)
                 negatives_2 = negative_prompts("negative_prompt_2", negative_prompt_2 or negative_prompt or "", batch)
                 negative, text_pooled = self._encode_texts(
-                    [negatives, negatives_2], self._hidden_layer(None), max_length=prompt_embeds.shape[1]
+                    [negatives, negatives_2], self._hidden_layer(None), max_length=prompt_embeds.shape[1], lora=lora
                 )
                 negative_pooled = text_pooled if negative_pooled is None else negative_pooled
 
@@ -239,7 +247,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
         return 1 + int(clip_skip)
 
     def _encode_texts(
-        self, texts: list[list[str]], back: int, max_length: int | None = None
+        self, texts: list[list[str]], back: int, max_length: int | None = None, lora: AdapterFeeds = EMPTY_FEEDS
     ) -> tuple[np.ndarray, np.ndarray]:
         """Hidden states ``back`` layers before the last of each encoder (texts[i] for encoder i), concatenated on
         the feature axis, and the pooled projection of text_encoder_2."""
@@ -256,7 +264,7 @@ class StableDiffusionXLBase(StableDiffusionBase):
                     "with `diffrt export`."
                 )
             with self.timed(encoder.name):
-                outputs = encoder.engine.run({"input_ids": ids}, wanted)
+                outputs = encoder.engine.run({"input_ids": ids, **lora.of(encoder.name)}, wanted)
             hidden.append(outputs[name])
             pooled = outputs.get("text_embeds", pooled)
         return np.concatenate(hidden, axis=-1).astype(np.float32), np.asarray(pooled, dtype=np.float32)
