@@ -135,3 +135,29 @@ def test_sdxl_base_and_refiner_generate_where_torch_cannot_be_imported(sdxl_pack
         "size": [64, 64],
         "heavy": [],
     }
+
+
+def test_lora_adapters_load_and_switch_where_torch_cannot_be_imported(tiny_models, lora_files, tmp_path):
+    from diffrt.export.package import ExportOptions, export_package
+    from diffrt.export.source import load_source
+
+    package = export_package(load_source(tiny_models["sd1"]), tmp_path / "slotted", ExportOptions(lora_slots=16)).path
+    result = run_blocked(
+        f"""
+        import json, sys
+        import numpy as np
+        from diffrt.runtime import StableDiffusionPipeline
+        pipe = StableDiffusionPipeline.from_pretrained({str(package)!r})
+        pipe.load_lora_weights({str(lora_files["kohya_locon_bf16"])!r}, adapter_name="locon")
+        pipe.load_lora_weights({str(lora_files["peft_both"])!r}, adapter_name="peft")
+        pipe.set_adapters(["locon", "peft"], [0.3, 0.8])
+        kwargs = dict(prompt="a red cube", num_inference_steps=2, generator=0, output_type="np")
+        both, base = pipe(**kwargs).images, pipe(**kwargs, adapters={{}}).images
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "scipy"))
+        print(json.dumps({{"changed": bool(np.abs(both - base).max() > 0.01), "heavy": heavy,
+                           "active": pipe.get_active_adapters()}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"changed": True, "heavy": [], "active": ["locon", "peft"]}
