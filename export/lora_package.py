@@ -95,17 +95,21 @@ def write_lora_base(folder: Path, base: dict[str, np.ndarray]) -> None:
 # ----- slots for adapters chosen at run time ----------------------------------------------------------------------
 def add_slots(graph: GraphReport, rank_max: int) -> GraphReport:
     """Give the exported graph ``graph`` LoRA slots in place (:mod:`diffrt.kernels.lora_slots`) and write its slot
-    list beside it; the report's size and time are updated."""
+    list beside it; the report's size and time are updated. A graph with external data is edited without loading
+    its weights: only nodes and rank-0 initializers are added, and the data file is left as it is."""
     import onnx
 
     from ..kernels.lora_slots import add_lora_slots, write_slots
 
     start = time.perf_counter()
     folder = graph.path.parent
-    proto = onnx.load(str(graph.path), load_external_data=True)
+    proto = onnx.load(str(graph.path), load_external_data=not graph.external_data)
     slotted, slots = add_lora_slots(proto, read_weights_map(folder))
     del proto
-    save_graph(slotted, graph.path, graph.external_data)
+    if graph.external_data:  # the weights stay in model.onnx.data, referenced as before
+        onnx.save_model(slotted, str(graph.path))
+    else:
+        save_graph(slotted, graph.path, external=False)
     write_slots(folder, slots, rank_max)
     graph.bytes = sum(p.stat().st_size for p in folder.glob(f"{MODEL_FILE}*"))
     graph.seconds += time.perf_counter() - start

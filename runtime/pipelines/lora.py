@@ -80,6 +80,17 @@ class LoraLoaderMixin:
         if registry is not None:
             registry.unload()
 
+    def fuse_lora(self, *args: Any, **kwargs: Any) -> None:
+        """Not offered: a slotted package adds adapters per call, and its weights are never rewritten in place."""
+        raise ConfigError(
+            "fuse_lora is not supported on a running pipeline (a slotted package adds adapters per call and never "
+            "rewrites its weights); accepted: set_adapters for run-time adapters, or `diffrt lora apply PACKAGE OUT "
+            "--lora FILE:WEIGHT` (or export with --lora) for a package with the adapters fused, at no per-step cost."
+        )
+
+    def unfuse_lora(self, *args: Any, **kwargs: Any) -> None:
+        self.fuse_lora()
+
     # ----- per call ---------------------------------------------------------------------------------------------
     def adapter_feeds(self, adapters: Mapping[str, Any] | AdapterFeeds | None = None) -> AdapterFeeds:
         """What the networks are fed for ``adapters``: a call's resolved set as it is, ``{name: weight}`` for those

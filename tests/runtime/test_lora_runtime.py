@@ -347,3 +347,24 @@ def test_generate_cli_takes_lora_files(slotted, lora_files, tmp_path):
     pipe.load_lora_weights(str(lora_files["peft_unet"]), adapter_name="p")
     expected = pipe(PROMPT, num_inference_steps=2, generator=3, adapters={"k": 0.8, "p": 1.0}).images[0]
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(expected))
+
+
+def test_fuse_lora_points_to_lora_apply(slotted):
+    pipe = StableDiffusionPipeline.from_pretrained(slotted["sd1"], provider="cpu")
+    with pytest.raises(ConfigError, match="diffrt lora apply"):
+        pipe.fuse_lora()
+
+
+def test_slots_in_a_graph_with_external_data_leave_its_weights_in_place(tiny_models, slotted, lora_files, tmp_path):
+    from diffrt.export.package import ExportOptions, export_package
+    from diffrt.export.source import load_source
+
+    options = ExportOptions(lora_slots=64, external_data_threshold=0, check=False)
+    external = export_package(load_source(tiny_models["sd1"]), tmp_path / "external", options).path
+    assert (external / "unet" / "model.onnx.data").is_file()
+    images = []
+    for path in (external, slotted["sd1"]):
+        pipe = StableDiffusionPipeline.from_pretrained(path, provider="cpu")
+        pipe.load_lora_weights(str(lora_files["kohya"]))
+        images.append(run_diffrt(pipe, 0, **call_kwargs("sd1")))
+    assert np.array_equal(*images)
