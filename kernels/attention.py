@@ -31,7 +31,7 @@ logger = logging.getLogger("diffrt.kernels")
 
 MS_DOMAIN = "com.microsoft"
 # Bumped whenever the pass writes a different graph for the same input: the runtime's graph cache key includes it.
-PASS_VERSION = 1
+PASS_VERSION = 2
 FLOAT = onnx.TensorProto.FLOAT
 # Initializers up to this many elements keep their values for shape inference (reshape targets, axes); larger ones
 # are only declared, so fusing never copies weights.
@@ -169,6 +169,13 @@ class _GraphIndex:
             self._rows[name] = frozenset(found)
         return self._rows[name]
 
+    def _same_rows(self, first: str, second: str) -> bool:
+        """Whether two tensors provably share their leading dims: both trace back (see :meth:`rows`) to one tensor,
+        and neither is a constant."""
+        if self.constant(first) is not None or self.constant(second) is not None:
+            return False
+        return bool(self.rows(first) & self.rows(second))
+
     def _row_source(self, node: onnx.NodeProto) -> str | None:
         op = node.op_type
         if op in ("Identity", "Cast"):
@@ -180,6 +187,8 @@ class _GraphIndex:
         if op == "MatMul":
             weight = self.initializer(node.input[1])
             return node.input[0] if weight is not None and len(weight.dims) == 2 else None
+        if op == "Add" and len(node.input) == 2 and self._same_rows(*node.input):
+            return node.input[0]  # a sum of two row-aligned tensors (a LoRA slot: x W + (x down) up)
         if op in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
             first, second = node.input
             for data, other in ((first, second), (second, first)):
@@ -207,9 +216,11 @@ def _infer_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple[int | Non
         small = tensor.data_location != onnx.TensorProto.EXTERNAL and np.prod(tensor.dims, dtype=np.int64) <= (
             _SMALL_CONSTANT
         )
+        if tensor.name in declared:
+            continue  # an overridable initializer (a LoRA slot): its declared input type is the general one
         if small:
             graph.initializer.append(tensor)
-        elif tensor.name not in declared:
+        else:
             graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton).graph

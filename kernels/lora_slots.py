@@ -214,7 +214,10 @@ def _declare_inputs(graph: onnx.GraphProto, index: _Graph, slot: Slot) -> None:
 
 
 def _slot_nodes(index: _Graph, node: onnx.NodeProto, target: onnx.NodeProto, slot: Slot) -> list[onnx.NodeProto]:
-    """The nodes computing ``target``'s output plus the adapter's product; ``target`` writes under a new name."""
+    """The nodes computing ``target``'s output plus the adapter's product; ``target`` writes under a new name.
+
+    (Accumulating the product onto the base output in one ``Gemm(low, up, C=base)`` was measured slower on ONNX
+    Runtime's CPU provider: it copies C rather than working in place; see ``benchmarks/LORA.md``.)"""
     from onnx import helper
 
     x = node.input[0]
@@ -224,9 +227,12 @@ def _slot_nodes(index: _Graph, node: onnx.NodeProto, target: onnx.NodeProto, slo
     # Every reader of the result (a later slot's bias Add included) reads it after the adapter's Add.
     target.output[0] = base
     if slot.kind == "linear":
+        # A Gemm site's input is 2-D by the Gemm's contract, which shape inference reads from Gemm nodes only (the
+        # timestep embedding's rank is unknown to it otherwise), so its slot is two Gemms; elsewhere MatMuls.
+        op = "Gemm" if node.op_type == "Gemm" else "MatMul"
         product = [
-            helper.make_node("MatMul", [x, slot.down], [low], name=f"{slot.module}/lora_down"),
-            helper.make_node("MatMul", [low, slot.up], [delta], name=f"{slot.module}/lora_up"),
+            helper.make_node(op, [x, slot.down], [low], name=f"{slot.module}/lora_down"),
+            helper.make_node(op, [low, slot.up], [delta], name=f"{slot.module}/lora_up"),
         ]
     else:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "kernel_shape"}

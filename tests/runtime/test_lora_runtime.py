@@ -368,3 +368,15 @@ def test_slots_in_a_graph_with_external_data_leave_its_weights_in_place(tiny_mod
         pipe.load_lora_weights(str(lora_files["kohya"]))
         images.append(run_diffrt(pipe, 0, **call_kwargs("sd1")))
     assert np.array_equal(*images)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_slotted_unet_keeps_its_attention_fused(family, slotted, packages, sdxl_packages):
+    """The slots' Adds sit between the projections and the heads; attention must still fuse (speed and memory)."""
+    import onnx
+
+    from diffrt.kernels.attention import fuse_attention
+
+    plain = sdxl_packages["sdxl"] if family == "sdxl" else packages[family]
+    counts = [fuse_attention(onnx.load(str(p / "unet" / "model.onnx")))[1] for p in (plain, slotted[family])]
+    assert counts[0] > 0 and counts[1] == counts[0]
