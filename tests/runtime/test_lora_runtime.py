@@ -132,6 +132,7 @@ def test_adapters_set_disabled_and_switched_give_diffusers_images(family, slotte
             assert_images_close(ours, run_diffusers(theirs, seed, **kwargs))
         except AssertionError as error:
             raise AssertionError(f"{family}, {label}: {error}") from None
+    assert np.array_equal(run_diffrt(mine, 0, **kwargs), images["one adapter"])  # A -> B -> A: A's image, exactly
     base = run_diffrt(mine, 0, **kwargs, adapters={})
     assert np.abs(images["one adapter"] - base).max() > 0.02, "adapter A changes nothing: the comparison is empty"
     assert np.abs(run_diffrt(mine, 5, **kwargs, adapters={"b": 0.5}) - images["A -> B"]).max() <= 1e-6
