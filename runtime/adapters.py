@@ -187,10 +187,10 @@ class AdapterRegistry:
             found = sorted(path.glob("*.safetensors"))
             if len(found) == 1:  # diffusers picks a folder's only safetensors file too
                 path = found[0]
-        if not path.exists() and not str(source).endswith(".safetensors") and weight_name is None:
+        if not path.exists():
             raise CheckpointError(
-                f"LoRA path {str(path)!r} does not exist; accepted: a local LoRA file or folder (nothing is "
-                "downloaded from a model hub at run time)."
+                f"LoRA path {str(path)!r} does not exist; accepted: a local LoRA file, a folder holding one, or a "
+                "state dict (nothing is downloaded from a model hub at run time)."
             )
         return read_lora(LoraSpec(path))
 

@@ -312,8 +312,10 @@ def lora_from_tensors(
     arrays: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
         try:
+            if hasattr(value, "detach") and hasattr(value, "float"):  # a torch tensor (any dtype), without torch here
+                value = value.detach().float().cpu().numpy()
             array = np.asarray(value, dtype=np.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):
             raise CheckpointError(
                 f"LoRA state dict entry {_short(key)} is a {type(value).__name__}, not an array; accepted: arrays."
             ) from None

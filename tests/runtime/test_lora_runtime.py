@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from concurrency import assert_concurrent_calls_match_calls_alone
 from pipeline_parity import assert_images_close, load_diffusers, run_diffrt, run_diffusers
 
@@ -234,18 +235,26 @@ def test_unload_and_delete_return_to_the_base_images(slotted, lora_files):
     assert np.array_equal(run_diffrt(pipe, 0, **kwargs), base)
 
 
-def test_state_dict_and_folder_load_like_the_file(slotted, lora_files):
+def test_state_dict_and_folder_load_like_the_file(slotted, lora_files, tmp_path):
     from safetensors.numpy import load_file
 
     pipe = StableDiffusionPipeline.from_pretrained(slotted["sd1"], provider="cpu")
     kwargs = call_kwargs("sd1")
     pipe.load_lora_weights(str(lora_files["kohya"]), adapter_name="file")
     pipe.load_lora_weights(load_file(str(lora_files["kohya"])), adapter_name="dict")
+    import safetensors.torch
+
+    as_torch = {k: v.to(torch.bfloat16) for k, v in safetensors.torch.load_file(str(lora_files["kohya"])).items()}
+    pipe.load_lora_weights(as_torch, adapter_name="torch_bf16")  # diffusers users hand over torch state dicts
+    safetensors.torch.save_file(as_torch, str(tmp_path / "bf16.safetensors"))
+    pipe.load_lora_weights(str(tmp_path / "bf16.safetensors"), adapter_name="file_bf16")
     folder = lora_files["peft_both"].parent
     pipe.load_lora_weights(str(folder), adapter_name="folder")
     pipe.load_lora_weights(str(folder), weight_name=lora_files["peft_both"].name, adapter_name="weight_name")
     images = {name: run_diffrt(pipe, 1, **kwargs, adapters={name: 1.0}) for name in ("file", "dict")}
     assert np.array_equal(images["file"], images["dict"])
+    bf16 = [run_diffrt(pipe, 1, **kwargs, adapters={name: 1.0}) for name in ("torch_bf16", "file_bf16")]
+    assert np.array_equal(*bf16)
     by_folder = [run_diffrt(pipe, 1, **kwargs, adapters={n: 1.0}) for n in ("folder", "weight_name")]
     assert np.array_equal(*by_folder)
 
@@ -311,6 +320,10 @@ def test_bad_requests_name_what_is_accepted(slotted, lora_files):
         pipe(PROMPT, num_inference_steps=1, adapters={"other": 1.0})
     with pytest.raises(ConfigError, match="accepted: None or a dict"):
         pipe(PROMPT, num_inference_steps=1, adapters=["k"])
+    with pytest.raises(CheckpointError, match="does not exist; accepted: a local LoRA file"):
+        pipe.load_lora_weights("someone/some-lora-on-the-hub")
+    with pytest.raises(CheckpointError, match="not an array"):
+        pipe.load_lora_weights({"unet.x.lora_A.weight": "text"})
     with pytest.raises(ConfigError, match="hotswap"):
         pipe.load_lora_weights(str(lora_files["kohya"]), adapter_name="h", hotswap=True)
     assert pipe.get_active_adapters() == ["k"]
