@@ -394,3 +394,22 @@ def test_slotted_unet_keeps_its_attention_fused(family, slotted, packages, sdxl_
     plain = sdxl_packages["sdxl"] if family == "sdxl" else packages[family]
     counts = [fuse_attention(onnx.load(str(p / "unet" / "model.onnx")))[1] for p in (plain, slotted[family])]
     assert counts[0] > 0 and counts[1] == counts[0]
+
+
+def test_a_call_keeps_the_adapters_it_started_with(slotted, lora_files):
+    """set_adapters while a call runs (here from its own callback) changes later calls, not the running one."""
+    pipe = StableDiffusionPipeline.from_pretrained(slotted["sd1"], provider="cpu")
+    pipe.load_lora_weights(str(lora_files["kohya"]), adapter_name="a")
+    pipe.load_lora_weights(str(lora_files["peft_both"]), adapter_name="b")
+    pipe.set_adapters("a")
+    kwargs = call_kwargs("sd1")
+    with_a = run_diffrt(pipe, 0, **kwargs)
+
+    def switch(pipe, step, timestep, tensors):
+        pipe.set_adapters("b")
+        return {}
+
+    pipe.set_adapters("a")
+    assert np.array_equal(run_diffrt(pipe, 0, **kwargs, callback_on_step_end=switch), with_a)
+    assert pipe.get_active_adapters() == ["b"]
+    assert np.abs(run_diffrt(pipe, 0, **kwargs) - with_a).max() > 0.02
