@@ -31,43 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sd15 import build_source  # the script's folder is on sys.path
+from sd15 import TEXT_ATTENTION_TARGETS, build_lora, build_source  # the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEATS = int(os.environ.get("REPEATS", "3"))
 SIZES = (256, 512)
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-
-
-def build_adapter(source: Path, folder: Path, rank: int, seed: int) -> Path:
-    """A PEFT LoRA of ``rank`` (alpha = rank) on the UNet's transformer linears and the text encoder's attention."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from transformers import CLIPTextModel
-
-    target = folder / "pytorch_lora_weights.safetensors"
-    if target.is_file():
-        return target
-    generator = torch.Generator().manual_seed(seed)
-    layers = {}
-    for name, model, modules in (
-        ("unet", UNet2DConditionModel.from_pretrained(source, subfolder="unet"), UNET_TARGETS),
-        ("text_encoder", CLIPTextModel.from_pretrained(source, subfolder="text_encoder"), TEXT_TARGETS),
-    ):
-        model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules))
-        with torch.no_grad():
-            for key, parameter in model.named_parameters():
-                if ".lora_" in key:
-                    parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
-        layers[name] = get_peft_model_state_dict(model)
-        del model
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"]
-    )
-    return target
 
 
 def child(code: str) -> dict:
@@ -220,8 +189,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     source = build_source(work / "sd15-random")
     adapters = {
-        "rank8": build_adapter(source, work / "adapter-rank8", 8, 1),
-        "rank64": build_adapter(source, work / "adapter-rank64", 64, 2),
+        "rank8": build_lora(source, work / "adapter-rank8", 8, 1, UNET_TARGETS, TEXT_ATTENTION_TARGETS),
+        "rank64": build_lora(source, work / "adapter-rank64", 64, 2, UNET_TARGETS, TEXT_ATTENTION_TARGETS),
     }
     plain, slotted = work / "plain", work / "slotted"
     results: dict = {

@@ -19,43 +19,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sd15 import build_source  # the script's folder is on sys.path
+from sd15 import build_lora, build_source  # the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def build_adapter(source: Path, folder: Path) -> Path:
-    """A rank-8 PEFT LoRA (alpha 8) on the attention projections, random with a realistic spread."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from transformers import CLIPTextModel
-
-    target = folder / "pytorch_lora_weights.safetensors"
-    if target.is_file():
-        return target
-    generator = torch.Generator().manual_seed(1)
-    layers = {}
-    for name, model, modules in (
-        ("unet", UNet2DConditionModel.from_pretrained(source, subfolder="unet"), ["to_q", "to_k", "to_v", "to_out.0"]),
-        (
-            "text_encoder",
-            CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
-            ["q_proj", "k_proj", "v_proj", "out_proj"],
-        ),
-    ):
-        model.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=modules))
-        with torch.no_grad():
-            for key, parameter in model.named_parameters():
-                if ".lora_" in key:
-                    parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
-        layers[name] = get_peft_model_state_dict(model)
-        del model
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"]
-    )
-    return target
 
 
 def timed_child(code: str) -> tuple[float, float]:
@@ -100,7 +66,7 @@ def main() -> int:
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "bench-lora"
     work.mkdir(parents=True, exist_ok=True)
     source = build_source(work / "sd15-random")
-    adapter = build_adapter(source, work / "adapter")
+    adapter = build_lora(source, work / "adapter")  # rank 8 on the attention projections
     results: dict = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),

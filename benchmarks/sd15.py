@@ -59,6 +59,48 @@ def build_source(folder: Path) -> Path:
     return folder
 
 
+ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def build_lora(
+    source: Path,
+    folder: Path,
+    rank: int = 8,
+    seed: int = 1,
+    unet_targets: list[str] = ATTENTION_TARGETS,
+    text_targets: list[str] = TEXT_ATTENTION_TARGETS,
+) -> Path:
+    """A PEFT LoRA (alpha = rank) for the pipeline at ``source`` on ``unet_targets`` and ``text_targets``, random with
+    a realistic spread (0.02), saved with diffusers' ``save_lora_weights`` into ``folder`` unless already there."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    target = folder / "pytorch_lora_weights.safetensors"
+    if target.is_file():
+        return target
+    generator = torch.Generator().manual_seed(seed)
+    layers = {}
+    for name, model, modules in (
+        ("unet", UNet2DConditionModel.from_pretrained(source, subfolder="unet"), unet_targets),
+        ("text_encoder", CLIPTextModel.from_pretrained(source, subfolder="text_encoder"), text_targets),
+    ):
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=modules))
+        with torch.no_grad():
+            for key, parameter in model.named_parameters():
+                if ".lora_" in key:
+                    parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+        layers[name] = get_peft_model_state_dict(model)
+        del model
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"]
+    )
+    return target
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit(f"usage: {sys.argv[0]} OUT_FOLDER")
