@@ -33,13 +33,15 @@ LORA_OUT := $(OUT)-bold
 TRAIN_OUT ?= build/digits-train
 TRAIN_ARGS ?= --seed 0
 
-.PHONY: help install test test-fast engines demo train-demo bench lint clean interop-optimum
+.PHONY: help install test test-fast engines demo train-demo bench bench-serve serve lint clean interop-optimum
 
 help:
 	@echo "make test     create .venv if missing, install diffrt[dev] (torch pinned), run the test suite"
 	@echo "make engines  export MODEL (default: the bundled digits model, models/digits) to the package OUT (engines/default)"
 	@echo "make demo     build the digits packages (without and with the bold LoRA), draw 0-9 with each into DEMO_OUT (demo.png)"
 	@echo "make train-demo  train the digits model and its LoRA again into TRAIN_OUT (build/digits-train), ~25 min"
+	@echo "make serve    serve the package OUT over HTTP (OpenAI and AUTOMATIC1111 APIs; diffrt serve --help)"
+	@echo "make bench-serve  diffrt serve under concurrent load beside diffusers + FastAPI (benchmarks/SERVE.md)"
 	@echo "make lint     ruff over the sources"
 	@echo "make clean    remove the virtual environment and caches"
 
@@ -104,6 +106,20 @@ QUICK ?=
 bench: $(STAMP)
 	$(PIP) install --quiet openvino || echo "make bench: openvino did not install; its backend will be skipped" >&2
 	$(PY) benchmarks/bench_pipeline.py $(if $(QUICK),--quick)
+
+# make bench-serve [SERVE_MODELS=digits,sd15]: `diffrt serve` (step batching on, one job at a time) beside diffusers
+# behind FastAPI with a lock, under 1, 2, 4 and 8 concurrent HTTP clients, on the digits model (32x32) and the SD 1.5
+# architecture (256x256, built under build/bench-serve/); an overload burst; writes benchmarks/results/serve.json
+# and the tables of benchmarks/SERVE.md. About 20 minutes on 2 cores; SERVE_MODELS=digits takes 3.
+SERVE_MODELS ?= digits,sd15
+bench-serve: $(STAMP)
+	$(PY) benchmarks/bench_serve.py --models $(SERVE_MODELS)
+
+# make serve [OUT=engines/default] [PORT=8000]: serve the package OUT (`make engines` first) on 127.0.0.1:PORT.
+PORT ?= 8000
+serve: $(EXPORT_STAMP)
+	$(PIP) install --quiet -e ".[serve]"
+	$(PY) -m diffrt serve $(OUT) --port $(PORT)
 
 # By hand, not in CI: Optimum (transformers 4, diffusers 0.35) runs a diffrt package; Optimum's export fits our contracts.
 OPTIMUM_VENV ?= .venv-optimum

@@ -51,7 +51,7 @@ def child(package: Path, latent: int, batch: int, calls: int, fused: bool, out: 
     context = engine.inputs["encoder_hidden_states"].shape[2]
     feeds = {
         "sample": rng.standard_normal((batch, channels, latent, latent), dtype=np.float32),
-        "timestep": np.array(500.0, np.float32),
+        "timestep": np.full((batch,), 500.0, np.float32),
         "encoder_hidden_states": rng.standard_normal((batch, 77, context), dtype=np.float32),
     }
     seconds, busy = [], []

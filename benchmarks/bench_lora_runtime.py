@@ -64,7 +64,7 @@ def unet_feeds(size: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {
         "sample": rng.standard_normal((2, 4, size // 8, size // 8), dtype=np.float32),
-        "timestep": np.array(500.0, dtype=np.float32),
+        "timestep": np.full((2,), 500.0, dtype=np.float32),
         "encoder_hidden_states": rng.standard_normal((2, 77, 768), dtype=np.float32),
     }
 

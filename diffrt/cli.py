@@ -163,6 +163,18 @@ def _engines(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    from diffrt.runtime.serve.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from diffrt.runtime.serve.cli import run
+
+    return run(args)
+
+
 # name -> (help, add arguments, run). Later stages register export, generate, engines, bench here.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "info": ("show versions and available execution backends", _add_info, _info),
@@ -172,6 +184,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "generate": ("generate images with an engine package (torch-free)", _add_generate, _generate),
     "lora": ("swap LoRA adapters in an exported package without re-tracing", _add_lora, _lora),
     "engines": ("build, inspect and refit TensorRT plans of a package", _add_engines, _engines),
+    "serve": ("serve packages over HTTP: OpenAI and AUTOMATIC1111 APIs, jobs, metrics", _add_serve, _serve),
 }
 
 

@@ -164,7 +164,9 @@ def _f32(name: str, *shape: Dim) -> TensorSpec:
 def unet_network(
     config: dict[str, Any], scale_factor: int, sequence_length: int = 77, text_embeds_dim: int | None = None
 ) -> Network:
-    """The conditional UNet: ``sample``, scalar ``timestep``, ``encoder_hidden_states`` -> ``out_sample``.
+    """The conditional UNet: ``sample``, ``timestep`` (one per sample, (batch,)), ``encoder_hidden_states`` ->
+    ``out_sample``. Per-sample timesteps let a server run requests at different steps in one UNet batch; packages
+    whose UNet takes a scalar timestep (diffrt exports before per-sample timesteps) still run (``timestep_feed``).
 
     Optional inputs follow the config: ``timestep_cond`` (``time_cond_proj_dim``), ``class_labels``
     (``class_embed_type`` / ``num_class_embeds``), and for SDXL's ``addition_embed_type="text_time"`` the pooled
@@ -174,7 +176,7 @@ def unet_network(
     latent = ("batch", config.get("in_channels", 4), "latent_height", "latent_width")
     inputs = [
         _f32("sample", *latent),
-        _f32("timestep"),
+        _f32("timestep", "batch"),
         _f32("encoder_hidden_states", "batch", "sequence", config["cross_attention_dim"]),
     ]
     if config.get("addition_embed_type") == "text_time":

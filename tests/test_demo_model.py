@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.digits import WORDS, to_sklearn, train_classifier
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "digits"
 LORA = MODEL / "bold_lora.safetensors"
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PER_DIGIT = 8  # half with the numeral ("a handwritten digit 7"), half with the word ("a handwritten seven")
 STEPS, GUIDANCE, BATCH = 20, 4.0, 10
 
@@ -28,13 +28,6 @@ def _prompts() -> tuple[list[str], np.ndarray]:
             prompts.append(f"a handwritten digit {d}" if i % 2 == 0 else f"a handwritten {WORDS[d]}")
             labels.append(d)
     return prompts, np.array(labels)
-
-
-def to_sklearn(images: np.ndarray) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 dark-on-light -> (N, 64) sklearn digits: light ink on dark, 4x4 area means, 0-16."""
-    ink = 1.0 - images.astype(np.float64).mean(axis=-1) / 255.0
-    n, h, w = ink.shape
-    return (ink.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)) * 16.0).reshape(n, 64)
 
 
 def ink_coverage(images: np.ndarray) -> float:
@@ -64,17 +57,8 @@ def packages(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier():
-    """An RBF SVC on sklearn's digits (scikit-learn's own example settings), with its held-out accuracy."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    from sklearn.svm import SVC
-
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.data, digits.target, test_size=0.25, random_state=0, stratify=digits.target
-    )
-    model = SVC(gamma=0.001).fit(x_train, y_train)
-    return model, float(model.score(x_test, y_test))
+    """The judge (see fixtures/digits.py)."""
+    return train_classifier()
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,13 @@ def test_unet_contract_names_shapes_and_axes():
     shapes = unet.shapes(2, 512, 768)
     assert shapes == {
         "sample": (2, 4, 64, 96),
-        "timestep": (),
+        "timestep": (2,),  # one per sample
         "encoder_hidden_states": (2, 77, 768),
         "out_sample": (2, 4, 64, 96),
     }
     assert unet.dynamic_axes() == {
         "sample": {0: "batch", 2: "latent_height", 3: "latent_width"},
+        "timestep": {0: "batch"},
         "encoder_hidden_states": {0: "batch", 1: "sequence"},
         "out_sample": {0: "batch", 2: "latent_height", 3: "latent_width"},
     }
@@ -47,7 +48,7 @@ def test_profile_doubles_the_unet_batch_for_guidance():
     unet = networks.unet_network(SD15_UNET, scale_factor=8)
     profile = unet.profile(ShapeRange(batch=(1, 1, 4), height=(256, 512, 1024), width=(256, 512, 768)))
     assert profile["sample"] == ((2, 4, 32, 32), (2, 4, 64, 64), (8, 4, 128, 96))
-    assert "timestep" not in profile  # a scalar needs no profile
+    assert profile["timestep"] == ((2,), (2,), (8,))  # one per sample, as the sample's batch
     decoder = networks.vae_decoder_network({"latent_channels": 4}, 8)
     assert decoder.profile(ShapeRange.around(512, 512, batch=2))["latent_sample"] == (
         (1, 4, 32, 32),
@@ -85,7 +86,7 @@ def test_sample_feeds_match_shapes_and_are_seeded():
     for name, value in a.items():
         assert value.shape == unet.shapes(1, 64, 64)[name] and value.dtype == np.float32
         np.testing.assert_array_equal(value, b[name])
-    assert 0 <= float(a["timestep"]) < 1000
+    assert a["timestep"].shape == (1,) and 0 <= float(a["timestep"][0]) < 1000
 
 
 def test_shape_range_validation_and_json_round_trip():

@@ -161,3 +161,25 @@ def test_lora_adapters_load_and_switch_where_torch_cannot_be_imported(tiny_model
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"changed": True, "heavy": [], "active": ["locon", "peft"]}
+
+
+def test_the_server_runs_without_torch(packages):
+    package = str(packages["sd1"])
+    result = run_blocked(
+        f"""
+        import sys
+        from fastapi.testclient import TestClient
+        from diffrt.serve import ServeConfig, create_app
+        import diffrt.serve.ray  # Ray Serve's side too
+        app = create_app({{"tiny": {package!r}}}, ServeConfig(max_batch=2))
+        with TestClient(app) as client:  # runs the lifespan: models load, then shut down
+            while client.get("/readyz").status_code != 200:
+                pass
+            answer = client.post("/v1/images/generations", json={{"prompt": "a cat", "size": "32x32", "steps": 2}})
+            assert answer.status_code == 200, answer.text
+        blocked = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
+        print("ok", blocked)
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok []" in result.stdout

@@ -556,7 +556,8 @@ class KnownRegion:
 
 
 def timestep_feed(unet, t: Any, batch: int) -> np.ndarray:
-    """The timestep as the UNet graph declares it: a scalar (diffrt, Optimum) or one per batch item."""
+    """The timestep as the UNet graph declares it: one per batch item (diffrt's exports, Optimum's) or a scalar
+    (diffrt's exports before per-sample timesteps)."""
     spec = unet.inputs.get("timestep")
     value = np.asarray(t, dtype=np.float32).reshape(())
     if spec is not None and len(spec.shape) == 1:

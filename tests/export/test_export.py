@@ -102,7 +102,8 @@ def test_io_names_are_optimums(packages):
     assert names["unet"][0] == ["sample", "timestep", "encoder_hidden_states"]
     assert names["unet"][1] == ["out_sample"]
     timestep = names["unet"][2][1]
-    assert timestep.type == "tensor(float)" and timestep.shape == []
+    # One timestep per sample (Optimum's UNet takes a 1-D timestep too, and a length-1 one still broadcasts).
+    assert timestep.type == "tensor(float)" and timestep.shape == ["batch"]
     assert names["vae_decoder"][:2] == (["latent_sample"], ["sample"])
     assert names["vae_encoder"][:2] == (["sample"], ["latent_parameters"])
     assert names["text_encoder"][0] == ["input_ids"]
@@ -129,7 +130,7 @@ def test_unet_graph_equals_diffusers(packages, tiny_models, kind):
         for batch in BATCHES:
             sample = rng.standard_normal((batch, unet.config.in_channels, h // 2, w // 2)).astype(np.float32)
             hidden = rng.standard_normal((batch, 77, 32)).astype(np.float32)
-            t = np.array(rng.uniform(0, 999), dtype=np.float32)
+            t = rng.uniform(0, 999, size=batch).astype(np.float32)  # each sample at its own timestep
             (got,) = s.run(None, {"sample": sample, "timestep": t, "encoder_hidden_states": hidden})
             with torch.no_grad():
                 want = unet(torch.from_numpy(sample), torch.from_numpy(t), torch.from_numpy(hidden)).sample
@@ -223,7 +224,7 @@ def test_static_size_export_fixes_spatial_axes(tiny_models, tmp_path):
     rng = np.random.default_rng(4)
     sample = rng.standard_normal((2, 4, 20, 24)).astype(np.float32)
     hidden = rng.standard_normal((2, 77, 32)).astype(np.float32)
-    t = np.array(501.0, dtype=np.float32)
+    t = np.full((sample.shape[0],), 501.0, dtype=np.float32)
     (got,) = s.run(None, {"sample": sample, "timestep": t, "encoder_hidden_states": hidden})
     with torch.no_grad():
         want = unet(torch.from_numpy(sample), torch.from_numpy(t), torch.from_numpy(hidden)).sample
@@ -262,7 +263,7 @@ def test_fp16_variant_exports_from_fp16_weights(tiny_models, tmp_path):
     rng = np.random.default_rng(6)
     sample = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
     hidden = rng.standard_normal((1, 77, 32)).astype(np.float32)
-    t = np.array(300.0, dtype=np.float32)
+    t = np.full((1,), 300.0, dtype=np.float32)
     (got,) = session(report.path / "unet" / "model.onnx").run(
         None, {"sample": sample, "timestep": t, "encoder_hidden_states": hidden}
     )

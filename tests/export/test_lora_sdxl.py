@@ -298,7 +298,7 @@ def test_exported_graphs_equal_diffusers_fused_networks(sdxl_models, fused_sdxl_
     added = {"text_embeds": feeds["text_embeds"], "time_ids": feeds["time_ids"]}
     with torch.no_grad():
         want = pipe.unet(feeds["sample"], 621.0, feeds["encoder_hidden_states"], added_cond_kwargs=added).sample
-    onnx_feeds = {k: v.numpy() for k, v in feeds.items()} | {"timestep": np.array(621.0, dtype=np.float32)}
+    onnx_feeds = {k: v.numpy() for k, v in feeds.items()} | {"timestep": np.full((2,), 621.0, np.float32)}
     (got,) = session(fused_sdxl_package / "unet" / "model.onnx").run(["out_sample"], onnx_feeds)
     assert rel_err(got, want) <= RTOL
 

@@ -160,7 +160,7 @@ def test_unet_graph_takes_text_embeds_and_time_ids_and_equals_diffusers(sdxl_pac
         added = {"text_embeds": feeds["text_embeds"], "time_ids": feeds["time_ids"]}
         with torch.no_grad():
             want = theirs(feeds["sample"], 621.0, feeds["encoder_hidden_states"], added_cond_kwargs=added).sample
-        onnx_feeds = {k: v.numpy() for k, v in feeds.items()} | {"timestep": np.array(621.0, dtype=np.float32)}
+        onnx_feeds = {k: v.numpy() for k, v in feeds.items()} | {"timestep": np.full((batch,), 621.0, np.float32)}
         (got,) = s.run(None, onnx_feeds)
         assert rel_err(got, want) <= RTOL, (batch, size)
 

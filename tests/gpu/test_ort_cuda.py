@@ -132,7 +132,7 @@ def unet_feeds(engine, batch=2, size=16, seed=0):
     width = engine.inputs["encoder_hidden_states"].shape[-1]
     return {
         "sample": rng.standard_normal((batch, channels, size, size)).astype(np.float32),
-        "timestep": np.array(rng.integers(0, 1000), dtype=np.float32),
+        "timestep": np.full((batch,), rng.integers(0, 1000), dtype=np.float32),
         "encoder_hidden_states": rng.standard_normal((batch, 77, width)).astype(np.float32),
     }
 

@@ -83,7 +83,7 @@ def random_feeds(sess: onnxruntime.InferenceSession, batch: int, height: int, wi
         if arg.type == "tensor(int64)":
             feeds[arg.name] = rng.integers(0, 1000, size=dims, dtype=np.int64)
         elif arg.name == "timestep":
-            feeds[arg.name] = np.array(rng.uniform(0, 1000), np.float32).reshape(dims)
+            feeds[arg.name] = rng.uniform(0, 1000, size=dims).astype(np.float32)
         else:
             feeds[arg.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
@@ -322,7 +322,7 @@ def unet_feeds(batch: int = 2, size: int = 16) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
     return {
         "sample": rng.standard_normal((batch, 4, size, size), dtype=np.float32),
-        "timestep": np.array(500.0, np.float32),
+        "timestep": np.full((batch,), 500.0, np.float32),
         "encoder_hidden_states": rng.standard_normal((batch, 77, 32), dtype=np.float32),
     }
 

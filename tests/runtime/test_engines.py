@@ -487,7 +487,7 @@ def test_cpu_sessions_share_one_arena_unless_told_not_to(affine_dir):
 
 # ----- the GPU path's logic, run on the CPU ---------------------------------------------------------------------
 def test_device_binding_logic_gives_the_plain_results_and_one_binding_per_shape(packages):
-    # The CUDA engine's I/O binding (buffers per input shape, scalar timestep, outputs sized from the inputs' named
+    # The CUDA engine's I/O binding (buffers per input shape, per-sample timesteps, outputs sized from the inputs' named
     # dimensions) with CPU buffers: the same code the GPU runs, short of the device.
     engine = load_engine(packages["sd1"] / "unet", "cpu")
     runner = ort_cuda.DeviceRunner(engine, device="cpu")
@@ -497,7 +497,7 @@ def test_device_binding_logic_gives_the_plain_results_and_one_binding_per_shape(
     def feeds(batch, size):
         return {
             "sample": rng.standard_normal((batch, 4, size, size)).astype(np.float32),
-            "timestep": np.array(rng.integers(0, 1000), dtype=np.float32),
+            "timestep": rng.integers(0, 1000, size=batch).astype(np.float32),
             "encoder_hidden_states": rng.standard_normal((batch, 77, width)).astype(np.float32),
         }
 
@@ -540,7 +540,7 @@ def test_fp16_conversion_of_a_package_graph_writes_a_loadable_fused_half_graph(p
     width = reference.inputs["encoder_hidden_states"].shape[-1]
     feeds = {
         "sample": rng.standard_normal((2, 4, 16, 16)).astype(np.float32),
-        "timestep": np.array(981.0, dtype=np.float32),
+        "timestep": np.full((2,), 981.0, dtype=np.float32),
         "encoder_hidden_states": rng.standard_normal((2, 77, width)).astype(np.float32),
     }
     half = session.run(["out_sample"], feeds)[0]

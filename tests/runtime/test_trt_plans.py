@@ -237,7 +237,7 @@ def test_profiles_double_the_unet_batch_for_guidance_and_work_in_latents(package
     assert high == (2 * b_max, 4, h_max // scale, w_max // scale)
     assert low == (b_min, 4, h_min // scale, w_min // scale)  # unguided runs fit too
     assert unet["encoder_hidden_states"][2] == (2 * b_max, 77, 32)
-    assert "timestep" not in unet  # a scalar: nothing to profile
+    assert unet["timestep"] == ((b_min,), (2 * b_opt,), (2 * b_max,))  # one per sample
     decoder = trt_plans.build_profile(trt_plans.network_for(package, "vae_decoder"), shape_range)
     assert decoder["latent_sample"] == (
         (b_min, 4, h_min // scale, w_min // scale),
