@@ -130,6 +130,17 @@ def body(model: str, i: int) -> dict:
     }
 
 
+def run_threads(target, count: int) -> float:
+    """Run ``target(i)`` in ``count`` threads at once; the seconds until the last one ends."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def load(url: str, model: str, clients: int, per_client: int) -> dict:
     """``clients`` closed-loop clients, ``per_client`` requests each: throughput and latency percentiles."""
     latencies: list[float] = []
@@ -152,13 +163,7 @@ def load(url: str, model: str, clients: int, per_client: int) -> dict:
                 latencies.append(time.perf_counter() - t0)
                 statuses.append(status)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads(client, clients)
     ok = statuses.count(200)
     q = np.percentile(latencies, [50, 95, 99])
     return {
@@ -190,13 +195,7 @@ def overload(package: Path, work: Path) -> dict:
             with lock:
                 statuses.append(answer.status_code)
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(burst)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_threads(one, burst)
         counts = {str(s): statuses.count(s) for s in sorted(set(statuses))}
         return {
             "burst": burst,

@@ -65,17 +65,18 @@ def test_two_replicas_serve_and_a_killed_one_loses_no_request_silently(ray_clust
     results: list[tuple[int, str]] = []
     lock = threading.Lock()
 
-    def client():
-        for _ in range(3):
+    def client(k: int):
+        for j in range(3):  # each request its own digit, seed and step count
+            ask = {**body, "prompt": f"a handwritten digit {k}", "seed": 10 * k + j, "steps": 100 + 10 * j}
             try:
-                answer = requests.post(f"{url}/v1/images/generations", json=body, timeout=120)
+                answer = requests.post(f"{url}/v1/images/generations", json=ask, timeout=120)
                 outcome = (answer.status_code, answer.text)
             except requests.RequestException as error:  # a dropped connection is an error the client sees
                 outcome = (0, repr(error))
             with lock:
                 results.append(outcome)
 
-    clients = [threading.Thread(target=client) for _ in range(6)]
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(6)]
     for thread in clients:
         thread.start()
     time.sleep(1.0)
