@@ -123,7 +123,7 @@ def create_app(
 
 
 def _add_error_handlers(app: FastAPI, srv: Server) -> None:
-    """Errors -----------------------------------------------------------------------------------------------."""
+    """Every error, ours or the framework's, as a JSON body in OpenAI's shape with the status it names."""
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, error: ServeError):
@@ -146,7 +146,7 @@ def _add_error_handlers(app: FastAPI, srv: Server) -> None:
 
 
 def _add_guard(app: FastAPI, srv: Server) -> None:
-    """Body limit, keys, metrics, access log (plain ASGI, so streaming and disconnects pass through) -----------."""
+    """Body limit, keys, metrics, access log (plain ASGI, so streaming and disconnects pass through)."""
     cfg = srv.config
     inner = app.build_middleware_stack
 
@@ -202,7 +202,7 @@ def _add_guard(app: FastAPI, srv: Server) -> None:
 
 
 def _add_core_routes(app: FastAPI, srv: Server) -> None:
-    """Health, metrics, models ----------------------------------------------------------------------------------."""
+    """/healthz, /readyz, /metrics and the OpenAI model list."""
 
     @app.get("/healthz")
     async def healthz():
@@ -230,7 +230,7 @@ def _add_core_routes(app: FastAPI, srv: Server) -> None:
 
 
 def _add_openai_routes(app: FastAPI, srv: Server) -> None:
-    """OpenAI Images --------------------------------------------------------------------------------------------."""
+    """OpenAI Images: generations (text-to-image) and edits (image-to-image, inpainting with a mask)."""
     cfg = srv.config
 
     @app.post("/v1/images/generations")
@@ -265,7 +265,7 @@ def _add_openai_routes(app: FastAPI, srv: Server) -> None:
 
 
 def _add_job_routes(app: FastAPI, srv: Server) -> None:
-    """The native job API -----------------------------------------------------------------------------------."""
+    """The native job API: create, read, cancel, and follow as server-sent events."""
 
     @app.post("/v1/jobs", status_code=202)
     async def create_job(request: Request):
@@ -309,7 +309,7 @@ def _add_job_routes(app: FastAPI, srv: Server) -> None:
 
 
 def _add_a1111_routes(app: FastAPI, srv: Server) -> None:
-    """AUTOMATIC1111 ---------------------------------------------------------------------------------------------."""
+    """AUTOMATIC1111: txt2img, img2img (and inpainting), progress, interrupt."""
 
     @app.post("/sdapi/v1/txt2img")
     async def a1111_txt2img(request: Request):
