@@ -222,7 +222,10 @@ def test_sigterm_finishes_running_jobs_and_exits_zero(digits_package, tmp_path):
     answers: list = []
     client = threading.Thread(target=lambda: answers.append(requests.post(f"{url}/v1/images/generations", json=body)))
     client.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while requests.get(f"{url}/sdapi/v1/progress").json()["state"]["sampling_step"] < 1:  # the job is running
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     client.join(timeout=120)
     assert process.wait(timeout=120) == 0

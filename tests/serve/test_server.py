@@ -112,7 +112,7 @@ def test_concurrent_requests_share_unet_steps_and_match_requests_alone(live_serv
         return [png_array(item["b64_json"]) for item in answer.json()["data"]]
 
     separately = [post(body) for body in bodies]
-    srv.slow_down("digits", 0.01)  # each step long enough for all four to meet at the UNet
+    srv.slow_down("digits", 0.03)  # each step long enough for all four to meet at the UNet
     barrier = threading.Barrier(len(bodies))
 
     def together_one(body):
@@ -173,10 +173,12 @@ def test_a_full_queue_answers_429_with_retry_after(live_server, digits_package):
     srv = live_server({"digits": digits_package}, ServeConfig(max_batch=1, max_queue=2))
     srv.slow_down("digits", 0.02)
     body = {"prompt": PROMPT, "size": "32x32", "steps": 100}
-    accepted = [requests.post(f"{srv.url}/v1/jobs", json=body) for _ in range(3)]
-    assert [a.status_code for a in accepted] == [202, 202, 202]  # one running, two waiting
-    while requests.get(f"{srv.url}/v1/jobs/{accepted[0].json()['id']}").json()["state"] != "running":
+    running = requests.post(f"{srv.url}/v1/jobs", json=body)
+    while requests.get(f"{srv.url}/v1/jobs/{running.json()['id']}").json()["state"] != "running":
         time.sleep(0.01)
+    waiting = [requests.post(f"{srv.url}/v1/jobs", json=body) for _ in range(2)]
+    accepted = [running, *waiting]
+    assert [a.status_code for a in accepted] == [202, 202, 202]  # one running, two waiting
     refused = requests.post(f"{srv.url}/v1/jobs", json=body)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert "full" in refused.json()["error"]["message"]
