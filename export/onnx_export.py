@@ -59,13 +59,14 @@ def export_graph(
     module: torch.nn.Module,
     network: Network,
     folder: Path,
-    trace_size: tuple[int, int, int],
+    trace_size: tuple,
     opset: int = DEFAULT_OPSET,
     static_size: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     map_weights: bool = False,
 ) -> GraphReport:
-    """Export ``module`` to ``folder/model.onnx``, tracing at ``trace_size`` = (batch, height, width).
+    """Export ``module`` to ``folder/model.onnx``, tracing at ``trace_size`` = (batch, height, width) (plus, for a
+    video network, a dict of its own dimensions: ``(2, 64, 64, {"latent_frames": 3})``).
 
     ``map_weights`` also writes ``weights.json`` (which initializer holds which parameter), so LoRA adapters can
     later be swapped into the graph without tracing it again."""
@@ -73,7 +74,7 @@ def export_graph(
 
     start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    feeds = network.sample_feeds(*trace_size)
+    feeds = network.sample_feeds(*trace_size[:3], **_extra(trace_size))
     args = tuple(torch.from_numpy(feeds[n]) for n in network.input_names)
     with tempfile.TemporaryDirectory(prefix="diffrt-trace-") as scratch:
         traced = Path(scratch) / MODEL_FILE
@@ -107,6 +108,11 @@ def export_graph(
     return GraphReport(network.name, target, size, time.perf_counter() - start, external)
 
 
+def _extra(size: tuple) -> dict[str, int]:
+    """A size is (batch, height, width), or that plus a dict of a video network's own dimensions."""
+    return dict(size[3]) if len(size) > 3 else {}
+
+
 @dataclass
 class Reference:
     """Inputs at one (batch, height, width) and the torch module's outputs for them."""
@@ -117,12 +123,12 @@ class Reference:
 
 
 def reference_outputs(
-    module: torch.nn.Module, network: Network, sizes: Sequence[tuple[int, int, int]], seed: int = 1
+    module: torch.nn.Module, network: Network, sizes: Sequence[tuple], seed: int = 1
 ) -> list[Reference]:
     """Run the torch module on seeded random inputs at each (batch, height, width)."""
     references = []
     for i, size in enumerate(sizes):
-        feeds = network.sample_feeds(*size, seed=seed + i)
+        feeds = network.sample_feeds(*size[:3], seed=seed + i, **_extra(size))
         with torch.no_grad():
             outputs = module(*(torch.from_numpy(feeds[n]) for n in network.input_names))
         references.append(Reference(size, feeds, [o.float().numpy() for o in outputs]))

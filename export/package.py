@@ -7,12 +7,9 @@ is exported and checked; a failure removes it, so no package that looks complete
 from __future__ import annotations
 
 import gc
-import json
-import platform
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,6 @@ from ..runtime.lora import LoraSpec
 from ..runtime.networks import ShapeRange
 from ..runtime.schema import CONFIG_NAME, INDEX_NAME, PROVENANCE_NAME, SCHEDULER_CONFIG, default_size
 from ..staging import staged_folder
-from . import weights
 from .lora_package import LORA_NETWORKS, add_slots, fuse_into_source, write_lora_base
 from .onnx_export import (
     DEFAULT_OPSET,
@@ -34,10 +30,8 @@ from .onnx_export import (
     reference_outputs,
 )
 from .output import check_output, writing
+from .package_files import ONNX_COMPONENT, PackageReport, _provenance, _write_json, _write_tokenizer
 from .source import SDXL_PIPELINES, TOKENIZERS, Source
-
-PACKAGE_FORMAT = 1
-ONNX_COMPONENT = ["diffusers", "OnnxRuntimeModel"]
 
 
 @dataclass
@@ -69,15 +63,6 @@ class ExportOptions:
             raise ConfigError(f"batch={self.batch} must be at least 1.")
         if not 14 <= self.opset <= 20:
             raise ConfigError(f"opset={self.opset} is not supported; accepted opsets are 14 to 20 (default 17).")
-
-
-@dataclass
-class PackageReport:
-    path: Path
-    pipeline: str
-    graphs: list[GraphReport] = field(default_factory=list)
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[str, str], None]
@@ -116,7 +101,15 @@ def export_package(
 
 def _export(source: Source, out: Path, options: ExportOptions, progress: Progress) -> PackageReport:
     from .components import build_networks
+    from .video_package import export_video, is_video
 
+    if is_video(source):
+        if options.loras:
+            from .video_lora import fuse_into_video_source
+
+            source, summaries = fuse_into_video_source(source, options.loras, allow_pickle=options.allow_pickle)
+            return export_video(source, out, options, progress, loras=summaries)
+        return export_video(source, out, options, progress)
     shape_range = shape_range_for(source, options)
     start = time.perf_counter()
     fused = None
@@ -183,11 +176,6 @@ def _export_one(
     return graph, reference_outputs(module, network, sizes)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
 def _write_support_files(
     source: Source,
     staging: Path,
@@ -225,65 +213,3 @@ def _write_support_files(
     index["scheduler"] = ["diffusers", scheduler_class]
     _write_json(staging / INDEX_NAME, index)
     _write_json(staging / PROVENANCE_NAME, _provenance(source, shape_range, options, report, loras))
-
-
-def _write_tokenizer(files: dict[str, Path], pad_token: str, folder: Path) -> None:
-    """Copy the source's tokenizer files, or write the built-in CLIP vocabulary with ``pad_token``."""
-    if files:
-        folder.mkdir(parents=True)
-        for name, path in files.items():
-            shutil.copyfile(path, folder / name)
-        return
-    from .clip_vocab import write_clip_tokenizer
-
-    write_clip_tokenizer(folder, pad_token=pad_token)
-
-
-def _provenance(
-    source: Source, shape_range: ShapeRange, options: ExportOptions, report: PackageReport, loras: list[dict[str, Any]]
-) -> dict:
-    import onnx
-    import torch
-
-    root = source.path if source.path.is_dir() else source.path.parent
-    files = {}
-    for path in source.files:
-        try:
-            key = str(path.relative_to(root))
-        except ValueError:
-            key = str(path)
-        files[key] = weights.file_sha256(path)
-    return {
-        "format": PACKAGE_FORMAT,
-        "diffrt_version": __version__,
-        "pipeline": source.pipeline_class,
-        "source": {"path": str(source.path), "kind": source.kind, "sha256": files},
-        "notes": report.notes,
-        "loras": loras,
-        "export": {
-            "opset": options.opset,
-            "static": list(options.static) if options.static else None,
-            "batch": options.batch,
-            "lora_slots": {"rank_max": options.lora_slots} if options.lora_slots is not None else None,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "python": platform.python_version(),
-        },
-        "shape_range": shape_range.to_json(),
-        "networks": {
-            g.name: {
-                "file": str(g.path.relative_to(g.path.parent.parent)),
-                "bytes": g.bytes,
-                "external_data": g.external_data,
-                "export_seconds": round(g.seconds, 3),
-                "check": {
-                    "sizes": [list(s) for s in g.checked],
-                    "max_abs_error": g.max_abs_error,
-                    "max_rel_error": g.max_rel_error,
-                }
-                if g.checked
-                else None,
-            }
-            for g in report.graphs
-        },
-    }

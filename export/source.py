@@ -28,6 +28,9 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "StableDiffusionXLPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
     "StableDiffusionXLImg2ImgPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
     "StableDiffusionXLInpaintPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
+    "CogVideoXPipeline": ("text_encoder", "transformer", "vae"),
+    "CogVideoXImageToVideoPipeline": ("text_encoder", "transformer", "vae"),
+    "CogVideoXVideoToVideoPipeline": ("text_encoder", "transformer", "vae"),
 }
 SDXL_PIPELINES = tuple(name for name in PIPELINES if name.startswith("StableDiffusionXL"))
 # Networks a pipeline may lack (an SDXL refiner has only text_encoder_2).
@@ -46,8 +49,9 @@ DEFAULT_PAD_TOKENS = {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}
 SKIPPED = ("safety_checker", "feature_extractor", "image_encoder")
 MODEL_CLASSES = {
     "unet": ("UNet2DConditionModel", "UNet2DModel"),
-    "vae": ("AutoencoderKL",),
-    "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+    "vae": ("AutoencoderKL", "AutoencoderKLCogVideoX"),
+    "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"),
+    "transformer": ("CogVideoXTransformer3DModel",),
     "text_encoder_2": ("CLIPTextModelWithProjection",),
     "depth_estimator": ("DPTForDepthEstimation",),
 }

@@ -66,6 +66,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-batch", type=int, metavar="N", help="most images per call (default: what the package was exported for)"
     )
+    video = p.add_argument_group("video packages (CogVideoX): --out clip.gif or clip.mp4")
+    video.add_argument("--frames", type=int, metavar="N", help="frames to make (default: the model's, 49)")
+    video.add_argument("--fps", type=int, default=8, help="frames per second of the written video (default 8)")
+    video.add_argument("--video", type=Path, metavar="IN.mp4", help="video-to-video: the video to start from")
+    video.add_argument(
+        "--dynamic-cfg", action="store_true", help="guidance that rises over the steps (use_dynamic_cfg)"
+    )
+    video.add_argument(
+        "--stage-memory",
+        choices=("high", "low"),
+        default="high",
+        help="low: create each network's session when its stage starts and release it after (peak = largest stage)",
+    )
+    video.add_argument("--vae-tiling", action="store_true", help="decode in overlapping tiles (less memory)")
 
 
 # Schedulers diffrt has that cannot drive an image pipeline's denoising loop, and why.
@@ -88,8 +102,14 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("--mask needs --image: the image to inpaint.")
     if args.strength is not None and args.image is None:
         raise ConfigError("--strength needs --image: it says how much of that image to redraw.")
+    from .video_io import VIDEO_SUFFIXES
+
+    if args.video is not None and args.image is not None:
+        raise ConfigError(
+            "--video and --image were both given; accepted: one input (video-to-video or image-to-video)."
+        )
     extensions = PIL.Image.registered_extensions()
-    if args.out.suffix.lower() not in extensions:
+    if args.out.suffix.lower() not in extensions and args.out.suffix.lower() not in VIDEO_SUFFIXES:
         known = ", ".join(sorted(e for e in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff") if e in extensions))
         raise ConfigError(f"--out {str(args.out)!r} has no image file extension PIL writes; accepted: {known}.")
     for flag, value, least in (
@@ -134,6 +154,15 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     package = EnginePackage(args.package, provider=args.provider, session_settings=settings)
     limits = limits_for(args, package)
+    from .video_io import VIDEO_SUFFIXES
+
+    if package.pipeline_class.startswith("CogVideoX"):
+        return run_video(args, package, limits, start)
+    if args.out.suffix.lower() in VIDEO_SUFFIXES and args.out.suffix.lower() != ".gif":
+        raise ConfigError(f"--out {str(args.out)!r} is a video file, but this package makes images; use .png.")
+    video_only = [f for f, v in (("--frames", args.frames), ("--video", args.video)) if v is not None]
+    if video_only:
+        raise ConfigError(f"{' and '.join(video_only)} apply only to video (CogVideoX) packages.")
     if package.pipeline_class == "DDPMPipeline":
         pipe, task = DDPMPipeline(package, limits=limits), "unconditional"
     else:
@@ -245,3 +274,60 @@ def _open_image(path: Path, flag: str, budget: int):
     except (OSError, PIL.Image.DecompressionBombError) as exc:
         raise ConfigError(f"{flag} {str(path)!r} is not a readable image ({exc}); accepted: PNG, JPEG, WebP.") from None
     return image
+
+
+def run_video(args: argparse.Namespace, package, limits, start: float) -> int:
+    """``diffrt generate`` on a CogVideoX package: text-, image- or video-to-video, written as a .gif or .mp4."""
+    from .errors import ConfigError
+    from .pipelines.cogvideox import (
+        CogVideoXImageToVideoPipeline,
+        CogVideoXPipeline,
+        CogVideoXVideoToVideoPipeline,
+    )
+    from .pipelines.inputs import DEFAULT_INPUT_PIXELS
+    from .video_io import VIDEO_SUFFIXES, export_to_video, load_video
+
+    if args.out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"--out {str(args.out)!r} is not a video file; accepted: {', '.join(VIDEO_SUFFIXES)}.")
+    if args.prompt is None:
+        raise ConfigError("prompt is missing; a CogVideoX package makes videos from a prompt.")
+    if args.mask is not None:
+        raise ConfigError("--mask does not apply to video packages; accepted: --image (image-to-video) or --video.")
+    cls = CogVideoXVideoToVideoPipeline if args.video else CogVideoXImageToVideoPipeline if args.image else None
+    cls = cls or CogVideoXPipeline
+    pipe = cls(package, limits=limits, stage_memory=args.stage_memory)
+    if args.vae_tiling:
+        pipe.vae.enable_tiling()
+    loaded = time.perf_counter() - start
+    kwargs: dict = {"prompt": args.prompt, "negative_prompt": args.negative, "generator": args.seed}
+    kwargs.update(num_videos_per_prompt=args.num_images, use_dynamic_cfg=args.dynamic_cfg)
+    for name, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance)):
+        if value is not None:
+            kwargs[name] = value
+    if args.frames is not None:
+        kwargs["num_frames"] = args.frames
+    if args.size is not None:
+        kwargs["height"], kwargs["width"] = args.size
+    if args.image is not None:
+        kwargs["image"] = _open_image(args.image, "--image", pipe.limits.input_pixels or DEFAULT_INPUT_PIXELS).convert(
+            "RGB"
+        )
+    if args.video is not None:
+        kwargs["video"] = load_video(args.video)
+        if args.strength is not None:
+            kwargs["strength"] = args.strength
+    pipe.set_progress_bar_config(desc="text-to-video")
+    began = time.perf_counter()
+    videos = pipe(**kwargs).frames
+    seconds = time.perf_counter() - began
+    paths = (
+        [args.out]
+        if len(videos) == 1
+        else [args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}") for i in range(len(videos))]
+    )
+    for frames, path in zip(videos, paths):
+        export_to_video(frames, path, fps=args.fps)
+    print(f"{type(pipe).__name__} on {package.provider}: loaded in {loaded:.2f} s, generated in {seconds:.2f} s")
+    for path in paths:
+        print(path)
+    return 0

@@ -5,14 +5,18 @@ A :class:`Network` names its inputs and outputs with their dtypes and symbolic s
 profile; the runtime reads the concrete shapes it will allocate. Nothing else in diffrt restates a shape.
 
 Symbolic dimensions are strings resolved by :meth:`Network.dims`: ``batch``, ``height``/``width`` (pixels),
-``latent_height``/``latent_width`` (pixels divided by the VAE scale factor) and ``sequence`` (text tokens).
+``latent_height``/``latent_width`` (pixels divided by the VAE scale factor) and ``sequence`` (text tokens). Video
+networks add their own (``latent_frames``, ``tokens``, a cache's ``latent_height*4``): given to ``dims`` as keyword
+arguments or derived from the others by the network's ``derive`` function; a name ``d*k`` or ``d/k`` is the
+dimension ``d`` scaled by the integer ``k``.
 Everything here is NumPy only: the runtime imports it without torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,7 +34,18 @@ class TensorSpec:
     shape: tuple[Dim, ...]
 
     def resolve(self, dims: dict[str, int]) -> tuple[int, ...]:
-        return tuple(d if isinstance(d, int) else dims[d] for d in self.shape)
+        return tuple(d if isinstance(d, int) else resolve_dim(d, dims) for d in self.shape)
+
+
+def resolve_dim(name: str, dims: dict[str, int]) -> int:
+    """The value of symbolic dimension ``name``: a key of ``dims``, or ``d*k`` / ``d/k`` of one."""
+    if name in dims:
+        return dims[name]
+    for op in ("*", "/"):
+        base, sep, factor = name.rpartition(op)
+        if sep and factor.isdigit() and base in dims:
+            return dims[base] * int(factor) if op == "*" else dims[base] // int(factor)
+    raise KeyError(name)
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,8 @@ class Network:
     """Dimensions the graph fixes whatever the image size (a depth estimator's input resolution)."""
     vocab_size: int = 1000
     """Upper bound of integer inputs in :meth:`sample_feeds` (token ids)."""
+    derive: Callable[[dict[str, int]], dict[str, int]] | None = None
+    """Dimensions computed from the others (a transformer's token count from the latent size and frames)."""
 
     @property
     def input_names(self) -> list[str]:
@@ -95,12 +112,13 @@ class Network:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
-    def dims(self, batch: int, height: int, width: int) -> dict[str, int]:
-        """Values of every symbolic dimension for ``batch`` images of ``height`` x ``width`` pixels."""
+    def dims(self, batch: int, height: int, width: int, **extra: int) -> dict[str, int]:
+        """Values of every symbolic dimension for ``batch`` images of ``height`` x ``width`` pixels; ``extra``
+        gives a video network's own dimensions (``latent_frames=3``)."""
         f = self.scale_factor
         if height % f or width % f:
             raise ConfigError(f"height and width must be multiples of {f} for {self.name}; got {height}x{width}.")
-        return {
+        dims = {
             "batch": batch,
             "height": height,
             "width": width,
@@ -108,11 +126,15 @@ class Network:
             "latent_width": width // f,
             "sequence": self.sequence_length,
             **self.fixed_dims,
+            **extra,
         }
+        if self.derive is not None:
+            dims.update(self.derive(dims))
+        return dims
 
-    def shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+    def shapes(self, batch: int, height: int, width: int, **extra: int) -> dict[str, tuple[int, ...]]:
         """Concrete shapes of every input and output: what a runtime allocates."""
-        dims = self.dims(batch, height, width)
+        dims = self.dims(batch, height, width, **extra)
         return {t.name: t.resolve(dims) for t in (*self.inputs, *self.outputs)}
 
     def dynamic_axes(self, static_size: bool = False) -> dict[str, dict[int, str]]:
@@ -123,7 +145,9 @@ class Network:
             named = {
                 i: d
                 for i, d in enumerate(t.shape)
-                if isinstance(d, str) and d not in self.fixed_dims and not (static_size and d in spatial)
+                if isinstance(d, str)
+                and d not in self.fixed_dims
+                and not (static_size and d.partition("*")[0].partition("/")[0] in spatial)
             }
             if named:
                 axes[t.name] = named
@@ -138,16 +162,18 @@ class Network:
         ]
         return {t.name: tuple(t.resolve(p) for p in points) for t in self.inputs if t.shape}
 
-    def sample_feeds(self, batch: int, height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs of the right shapes and dtypes (token ids in range, timesteps in [0, 1000))."""
+    def sample_feeds(self, batch: int, height: int, width: int, seed: int = 0, **extra: int) -> dict[str, np.ndarray]:
+        """Random inputs of the right shapes and dtypes (token ids in range, timesteps in [0, 1000), flags True)."""
         rng = np.random.default_rng(seed)
-        shapes = self.shapes(batch, height, width)
+        dims = self.dims(batch, height, width, **extra)
         feeds = {}
         for t in self.inputs:
-            shape = shapes[t.name]
-            if t.dtype == "int64":
+            shape = t.resolve(dims)
+            if t.dtype == "bool":
+                feeds[t.name] = np.ones(shape, dtype=bool)
+            elif t.dtype == "int64":
                 feeds[t.name] = rng.integers(0, self.vocab_size, size=shape, dtype=np.int64)
-            elif t.name == "timestep":
+            elif t.name in ("timestep", "ofs"):
                 feeds[t.name] = rng.uniform(0, 1000, size=shape).astype(t.dtype)
             else:
                 feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
@@ -311,3 +337,211 @@ def depth_input_size(preprocessor: dict[str, Any]) -> tuple[int, int]:
 def vae_scale_factor(vae_config: dict[str, Any]) -> int:
     """Pixels per latent cell: 2 ** (number of VAE blocks - 1), as diffusers derives it."""
     return 2 ** (len(vae_config.get("block_out_channels", (0,))) - 1)
+
+
+def cogvideox_transformer_network(config: dict[str, Any], scale_factor: int = 8) -> Network:
+    """CogVideoX's denoiser: ``hidden_states`` (batch, latent_frames, C, h, w), ``encoder_hidden_states`` (T5),
+    ``timestep`` (batch,) -> ``noise_pred`` of the latents' shape.
+
+    Positions come in as inputs, computed by the runtime in NumPy as diffusers' pipelines compute them:
+    ``rotary_cos`` / ``rotary_sin`` (tokens, head_dim) for rotary models (5B, 1.5), ``pos_embedding``
+    (1, tokens, inner_dim) for sin-cos (2B) or learned (5B I2V) ones, plus ``text_pos_embedding`` (1, sequence,
+    inner_dim), the learned table's text rows (zeros under sin-cos). ``ofs`` (batch,) is CogVideoX 1.5's
+    image-to-video offset. ``tokens`` counts the image patches: latent_frames / patch_size_t x (h / p) x (w / p).
+    """
+    p = config.get("patch_size", 2)
+    p_t = config.get("patch_size_t") or 1
+    heads, head_dim = config.get("num_attention_heads", 30), config.get("attention_head_dim", 64)
+    rotary = bool(config.get("use_rotary_positional_embeddings"))
+    learned = bool(config.get("use_learned_positional_embeddings"))
+    latent = ("batch", "latent_frames", config.get("in_channels", 16), "latent_height", "latent_width")
+    inputs = [
+        _f32("hidden_states", *latent),
+        _f32("encoder_hidden_states", "batch", "sequence", config.get("text_embed_dim", 4096)),
+        _f32("timestep", "batch"),
+    ]
+    if config.get("ofs_embed_dim"):
+        inputs.append(_f32("ofs", "batch"))
+    if rotary:
+        inputs += [_f32("rotary_cos", "tokens", head_dim), _f32("rotary_sin", "tokens", head_dim)]
+    if not rotary or learned:
+        inputs.append(_f32("pos_embedding", 1, "tokens", heads * head_dim))
+    if learned:  # a learned table's text rows (diffusers adds its whole joint table)
+        inputs.append(_f32("text_pos_embedding", 1, "sequence", heads * head_dim))
+    out = ("batch", "latent_frames", config.get("out_channels", 16), "latent_height", "latent_width")
+
+    def tokens(dims: dict[str, int]) -> dict[str, int]:
+        frames = dims.get("latent_frames", p_t)
+        return {"tokens": frames // p_t * (dims["latent_height"] // p) * (dims["latent_width"] // p)}
+
+    return Network(
+        "transformer",
+        tuple(inputs),
+        (_f32("noise_pred", *out),),
+        scale_factor=scale_factor,
+        sequence_length=config.get("max_text_seq_length", 226),
+        batch_multiplier=2,
+        derive=tokens,
+    )
+
+
+def _video_frames_out(ratio: int):
+    """Frames a decoder step makes from T latent frames: ratio x T, less ratio - 1 when T is odd (the first batch
+    of an odd count keeps its first frame single)."""
+
+    def derive(dims: dict[str, int]) -> dict[str, int]:
+        derived = {}
+        if "latent_frames" in dims:
+            t = dims["latent_frames"]
+            derived["frames_out"] = ratio * t - (ratio - 1) * (t % 2)
+        if "frames" in dims:
+            f = dims["frames"]
+            derived["latent_frames_out"] = f // ratio + f % 2
+        return derived
+
+    return derive
+
+
+def cogvideox_vae_decoder_network(config: dict[str, Any]) -> Network:
+    """One frame batch of the causal 3D VAE decoder: ``latent_sample`` (batch, C, T, h, w) divided by the scaling
+    factor, ``has_cache`` (1,) bool (False for the first batch), ``cache_in.{i}`` -> ``sample`` (batch, 3, frames,
+    H, W) and ``cache_out.{i}``. :func:`decoder_cache_specs` lists each causal convolution's (channels, scale):
+    its cache is (batch, channels, 2, latent_height*scale, latent_width*scale); the first batch feeds zeros, ignored.
+    """
+    f = 2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)
+    lc = config.get("latent_channels", 16)
+    inputs = [_f32("latent_sample", "batch", lc, "latent_frames", "latent_height", "latent_width")]
+    inputs.append(TensorSpec("has_cache", "bool", (1,)))
+    specs = [_cache_spec(i, c, s, "latent") for i, (c, s) in enumerate(decoder_cache_specs(config))]
+    inputs += [replace(t, name=f"cache_in.{i}") for i, t in enumerate(specs)]
+    outputs = [_f32("sample", "batch", config.get("out_channels", 3), "frames_out", "height", "width")]
+    outputs += [replace(t, name=f"cache_out.{i}") for i, t in enumerate(specs)]
+    ratio = config.get("temporal_compression_ratio", 4)
+    return Network("vae_decoder", tuple(inputs), tuple(outputs), scale_factor=f, derive=_video_frames_out(ratio))
+
+
+def cogvideox_vae_encoder_network(config: dict[str, Any]) -> Network:
+    """One frame batch of the causal 3D VAE encoder: ``sample`` (batch, 3, frames, H, W) in [-1, 1], ``has_cache``,
+    ``cache_in.{i}`` -> ``latent_parameters`` (batch, 2C, latent frames, h, w: mean and log-variance) and
+    ``cache_out.{i}``. :func:`encoder_cache_specs` lists (channels, divisor): a cache is (batch, channels, 2,
+    height/d, width/d)."""
+    f = 2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)
+    lc = config.get("latent_channels", 16)
+    inputs = [_f32("sample", "batch", config.get("in_channels", 3), "frames", "height", "width")]
+    inputs.append(TensorSpec("has_cache", "bool", (1,)))
+    specs = [_cache_spec(i, c, d, "pixel") for i, (c, d) in enumerate(encoder_cache_specs(config))]
+    inputs += [replace(t, name=f"cache_in.{i}") for i, t in enumerate(specs)]
+    outputs = [_f32("latent_parameters", "batch", 2 * lc, "latent_frames_out", "latent_height", "latent_width")]
+    outputs += [replace(t, name=f"cache_out.{i}") for i, t in enumerate(specs)]
+    ratio = config.get("temporal_compression_ratio", 4)
+    return Network("vae_encoder", tuple(inputs), tuple(outputs), scale_factor=f, derive=_video_frames_out(ratio))
+
+
+def _cache_spec(i: int, channels: int, factor: int, space: str) -> TensorSpec:
+    if space == "latent":
+        h, w = (
+            ("latent_height", "latent_width") if factor == 1 else (f"latent_height*{factor}", f"latent_width*{factor}")
+        )
+    else:
+        h, w = ("height", "width") if factor == 1 else (f"height/{factor}", f"width/{factor}")
+    return _f32(f"cache.{i}", "batch", channels, 2, h, w)
+
+
+# ----- the causal 3D VAE's convolution cache (CogVideoX): one entry per time-kernel-3 causal conv, in run order
+VAE_DEFAULTS: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (128, 256, 256, 512),
+    "latent_channels": 16,
+    "layers_per_block": 3,
+    "temporal_compression_ratio": 4,
+    "sample_height": 480,
+    "sample_width": 720,
+}
+
+
+def _vae_get(config: Mapping[str, Any], key: str) -> Any:
+    return config.get(key, VAE_DEFAULTS[key])
+
+
+class CacheSpec(NamedTuple):
+    """One conv-cache entry: the causal conv's input ``channels`` and its resolution ``factor``. A decoder cache is
+    (B, channels, 2, latent_height * factor, latent_width * factor), an encoder cache (B, channels, 2,
+    height // factor, width // factor) (each encoder downsampler floors the size by 2)."""
+
+    channels: int
+    factor: int
+
+
+def decoder_cache_layout(config: Mapping[str, Any]) -> list[tuple[str, int, int]]:
+    """(state-dict name of the causal conv, channels, factor) of each decoder cache entry, in graph order
+    (``cache_in.0`` first): conv_in, the mid block's two resnets (conv1, conv2 each), every up block's resnets,
+    conv_out. This is the order the decoder runs them in."""
+    channels = list(reversed(_vae_get(config, "block_out_channels")))
+    layers = _vae_get(config, "layers_per_block") + 1
+    layout = [("decoder.conv_in", _vae_get(config, "latent_channels"), 1)]
+    for j in range(2):
+        layout += _resnet("decoder.mid_block", j, channels[0], channels[0], 1)
+    for i, out in enumerate(channels):
+        previous = channels[max(i - 1, 0)]
+        for j in range(layers):
+            layout += _resnet(f"decoder.up_blocks.{i}", j, previous if j == 0 else out, out, 2**i)
+    layout.append(("decoder.conv_out", channels[-1], 2 ** (len(channels) - 1)))
+    return layout
+
+
+def encoder_cache_layout(config: Mapping[str, Any]) -> list[tuple[str, int, int]]:
+    """As :func:`decoder_cache_layout` for the encoder: conv_in, every down block's resnets, the mid block's two
+    resnets, conv_out."""
+    channels = list(_vae_get(config, "block_out_channels"))
+    layers = _vae_get(config, "layers_per_block")
+    layout = [("encoder.conv_in", _vae_get(config, "in_channels"), 1)]
+    for i, out in enumerate(channels):
+        previous = channels[max(i - 1, 0)]
+        for j in range(layers):
+            layout += _resnet(f"encoder.down_blocks.{i}", j, previous if j == 0 else out, out, 2**i)
+    deepest = 2 ** (len(channels) - 1)
+    for j in range(2):
+        layout += _resnet("encoder.mid_block", j, channels[-1], channels[-1], deepest)
+    layout.append(("encoder.conv_out", channels[-1], deepest))
+    return layout
+
+
+def _resnet(block: str, j: int, in_channels: int, out_channels: int, factor: int) -> list[tuple[str, int, int]]:
+    prefix = f"{block}.resnets.{j}"
+    return [(f"{prefix}.conv1", in_channels, factor), (f"{prefix}.conv2", out_channels, factor)]
+
+
+def decoder_cache_specs(config: Mapping[str, Any]) -> list[CacheSpec]:
+    """(channels, factor over the latent size) of each decoder cache entry, in ``cache_in.{i}`` order."""
+    return [CacheSpec(channels, factor) for _, channels, factor in decoder_cache_layout(config)]
+
+
+def encoder_cache_specs(config: Mapping[str, Any]) -> list[CacheSpec]:
+    """(channels, divisor of the frame size) of each encoder cache entry, in ``cache_in.{i}`` order."""
+    return [CacheSpec(channels, factor) for _, channels, factor in encoder_cache_layout(config)]
+
+
+T5_SEQUENCE_LENGTH = 226  # diffusers' max_sequence_length for CogVideoX
+
+
+def t5_encoder_network(
+    config: dict[str, Any], sequence_length: int = T5_SEQUENCE_LENGTH, name: str = "text_encoder"
+) -> Network:
+    """A transformers ``T5EncoderModel`` (CogVideoX's ``text_encoder``): ``input_ids`` (batch, sequence) int64 ->
+    ``last_hidden_state`` (batch, sequence, d_model), after T5's final layer norm. diffusers' CogVideoX pipelines
+    pass no attention mask (pads are attended to), so the graph takes the ids alone."""
+    for key in ("d_model", "vocab_size"):
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"T5 encoder config {key}={value!r} is not supported; accepted: a positive integer.")
+    if not isinstance(sequence_length, int) or isinstance(sequence_length, bool) or sequence_length <= 0:
+        raise ConfigError(f"sequence_length={sequence_length!r} is not supported; accepted: a positive integer.")
+    return Network(
+        name,
+        (TensorSpec("input_ids", "int64", ("batch", "sequence")),),
+        (TensorSpec("last_hidden_state", "float32", ("batch", "sequence", config["d_model"])),),
+        sequence_length=sequence_length,
+        batch_multiplier=1,
+        vocab_size=config["vocab_size"],
+    )

@@ -28,8 +28,9 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
 ENGINES_DIR = "engines"
-NETWORKS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder", "depth_estimator")
+NETWORKS = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae_encoder", "vae_decoder", "depth_estimator")
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+LEARNED_POSITIONS = "pos_embedding.npy"  # a CogVideoX I2V transformer's learned position table, beside its graph
 OPTIMUM_PREFIX = "ORT"  # Optimum names its pipelines ORTStableDiffusionPipeline, ...
 
 

@@ -24,6 +24,8 @@ EXPORT_MAY_IMPORT = {
     "diffrt.runtime.lora",
     "diffrt.runtime.safetensors_file",
     "diffrt.runtime.ldm_names",
+    # CogVideoX's position tables are transformer inputs: one NumPy definition for training, export and runtime.
+    "diffrt.runtime.pipelines.cogvideox_positions",
 }
 LONGEST_FUNCTION = 100
 

@@ -183,3 +183,37 @@ def test_the_server_runs_without_torch(packages):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok []" in result.stdout
+
+
+def test_videos_are_generated_where_torch_cannot_be_imported(tmp_path):
+    """CogVideoX text-, image- and video-to-video, tiled decoding and a .gif/.mp4 written, with torch blocked."""
+    from fixtures import tiny_cogvideox as tc
+
+    from diffrt.export.package import ExportOptions, export_package
+    from diffrt.export.source import load_source
+
+    t2v = export_package(load_source(tc.build_cogvideox_5b(tmp_path / "5b")), tmp_path / "p5b", ExportOptions()).path
+    i2v = export_package(load_source(tc.build_cogvideox15(tmp_path / "15")), tmp_path / "p15", ExportOptions()).path
+    result = run_blocked(
+        f"""
+        import json, sys
+        from diffrt.runtime import (CogVideoXPipeline, CogVideoXImageToVideoPipeline,
+                                    CogVideoXVideoToVideoPipeline, export_to_video, load_video)
+        pipe = CogVideoXPipeline.from_pretrained({str(t2v)!r}, stage_memory="low")
+        pipe.vae.enable_tiling(tile_sample_min_height=48, tile_sample_min_width=40)
+        video = pipe("a ball", num_frames=9, num_inference_steps=2, use_dynamic_cfg=True, generator=0).frames[0]
+        export_to_video(video, {str(tmp_path / "t2v.gif")!r}, fps=8)
+        export_to_video(video, {str(tmp_path / "t2v.mp4")!r}, fps=8)
+        v2v = CogVideoXVideoToVideoPipeline.from_pipe(pipe)
+        again = v2v(video=load_video({str(tmp_path / "t2v.gif")!r}), prompt="a ball", num_inference_steps=2,
+                    generator=1).frames[0]
+        i2v = CogVideoXImageToVideoPipeline.from_pretrained({str(i2v)!r})
+        moved = i2v(image=video[0], prompt="a ball", num_frames=9, num_inference_steps=2, generator=2).frames[0]
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "scipy"))
+        print(json.dumps({{"frames": [len(video), len(again), len(moved)], "read": len(load_video(
+            {str(tmp_path / "t2v.mp4")!r})), "size": list(video[0].size), "heavy": heavy}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"frames": [9, 9, 9], "read": 9, "size": [32, 32], "heavy": []}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from .autoencoder_cogvideox import AutoencoderKLCogVideoX
 from .autoencoder_kl import AutoencoderKL
+from .cogvideox_transformer import CogVideoXTransformer3DModel
 from .config import NotSupportedError
 from .unet_2d import UNet2DModel
 from .unet_2d_condition import UNet2DConditionModel
@@ -19,6 +21,8 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "UNet2DConditionModel": UNet2DConditionModel,
     "UNet2DModel": UNet2DModel,
     "AutoencoderKL": AutoencoderKL,
+    "AutoencoderKLCogVideoX": AutoencoderKLCogVideoX,
+    "CogVideoXTransformer3DModel": CogVideoXTransformer3DModel,
 }
 
 
@@ -36,6 +40,8 @@ def model_class_for(class_name: str) -> type[nn.Module]:
 
 __all__ = [
     "AutoencoderKL",
+    "AutoencoderKLCogVideoX",
+    "CogVideoXTransformer3DModel",
     "MODEL_CLASSES",
     "NotSupportedError",
     "UNet2DConditionModel",

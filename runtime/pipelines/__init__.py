@@ -2,6 +2,7 @@
 
 from .auto import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 from .base import DiffusionPipeline, ImagePipelineOutput, StableDiffusionPipelineOutput
+from .cogvideox import CogVideoXImageToVideoPipeline, CogVideoXPipeline, CogVideoXVideoToVideoPipeline
 from .ddpm import DDPMPipeline
 from .depth2img import StableDiffusionDepth2ImgPipeline
 from .img2img import StableDiffusionImg2ImgPipeline
@@ -22,6 +23,9 @@ PIPELINES = {
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLInpaintPipeline,
         DDPMPipeline,
+        CogVideoXPipeline,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXVideoToVideoPipeline,
     )
 }
 
@@ -30,6 +34,9 @@ __all__ = [
     "AutoPipelineForImage2Image",
     "AutoPipelineForInpainting",
     "AutoPipelineForText2Image",
+    "CogVideoXImageToVideoPipeline",
+    "CogVideoXPipeline",
+    "CogVideoXVideoToVideoPipeline",
     "DDPMPipeline",
     "DiffusionPipeline",
     "ImagePipelineOutput",
