@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .onnx_export import GraphReport
 
 LORA_BASE = "lora_base.safetensors"
-LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
+LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2", "transformer")
 
 Progress = Callable[[str, str], None]
 

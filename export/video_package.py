@@ -23,6 +23,7 @@ from ..runtime.networks import Network, ShapeRange
 from ..runtime.schema import CONFIG_NAME, INDEX_NAME, LEARNED_POSITIONS, PROVENANCE_NAME, SCHEDULER_CONFIG
 from ..staging import staged_folder
 from .components import own_model
+from .lora_package import add_slots
 from .onnx_export import GraphModule, Reference, compare_graph, export_graph
 from .package_files import ONNX_COMPONENT, PackageReport, _provenance, _write_json, _write_tokenizer
 from .source import Source
@@ -159,7 +160,10 @@ def export_video(source: Source, out: Path, options, progress, loras: list | Non
                     opset=options.opset,
                     static_size=shape_range.static_size,
                     external_data_threshold=options.external_data_threshold,
+                    map_weights=network.name == "transformer",
                 )
+                if options.lora_slots is not None and network.name == "transformer":
+                    graph = add_slots(graph, options.lora_slots)  # adapters chosen per call, as for the UNet
                 progress(network.name, f"exported in {graph.seconds:.1f} s")
                 checks.append((graph, network, references(module, network, sizes[1:]) if options.check else []))
                 if network.name == "transformer":

@@ -32,7 +32,7 @@ from .lora import DIFFUSERS_LORA_FILE, MAX_WEIGHT, LoraAdapter, LoraSpec, lora_f
 
 __all__ = ["AdapterFeeds", "AdapterRegistry", "ActiveAdapters", "LORA_NETWORKS", "NO_SLOTS", "check_adapter_weights"]
 
-LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2")
+LORA_NETWORKS = ("unet", "text_encoder", "text_encoder_2", "transformer")
 NO_SLOTS = (
     "was exported without LoRA slots, so adapters cannot be loaded at run time; export it with "
     "`diffrt export SOURCE OUT --lora-slots`, or fuse the adapter into a copy with `diffrt lora apply`"

@@ -61,9 +61,11 @@ class _AutoPipeline:
         family = FAMILIES.get(class_name)
         if family is None or family not in cls.mapping:
             served = sorted(k for k, v in FAMILIES.items() if v in cls.mapping)
+            video = (class_name or "").startswith("CogVideoX")  # diffusers has no auto-pipeline for video either
             raise ConfigError(
                 f"{cls.__name__} has no {cls.task} pipeline for a package of {class_name or 'unknown class'}; "
-                f"accepted: packages exported from {', '.join(served)}."
+                f"accepted: packages exported from {', '.join(served)}"
+                + (f" (a {class_name} package runs with diffrt's {class_name}, as in diffusers)." if video else ".")
             )
         return cls.mapping[family]
 

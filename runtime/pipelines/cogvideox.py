@@ -23,13 +23,14 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
 
+from ..adapters import EMPTY_FEEDS, AdapterFeeds, check_adapter_weights
 from ..engines import Engine, SessionSettings, load_engine
 from ..errors import ConfigError, NonFiniteError, PackageError
 from ..image_processor import VaeImageProcessor
@@ -44,6 +45,7 @@ from .call import CallScope, CallState
 from .cogvideox_positions import rotary_embeddings, sincos_pos_embedding, uses_learned_table
 from .cogvideox_vae import VideoVae
 from .inputs import Limits
+from .lora import LoraLoaderMixin
 from .stable_diffusion import _step_kwargs, negative_prompts, prompt_list
 
 STAGE_MEMORY = ("high", "low")
@@ -82,9 +84,18 @@ class VideoArguments(CallArguments):
     callback_on_step_end: StepCallback | None = None
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
     max_sequence_length: int = 226
+    adapters: Mapping[str, Any] | None = None
+    """LoRA adapters for this call alone, ``{name: weight}`` (``{}``: none), on a package exported with
+    ``--lora-slots``; None runs the pipeline's active set (``set_adapters``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.adapters is not None:
+            if not isinstance(self.adapters, Mapping) or not all(isinstance(k, str) for k in self.adapters):
+                raise ConfigError(
+                    f"adapters={self.adapters!r} is not supported; accepted: None or a dict of adapter name -> weight."
+                )
+            self.adapters = {k: check_adapter_weights(f"adapters[{k!r}]", w) for k, w in self.adapters.items()}
         for name in ("height", "width", "num_frames"):
             if getattr(self, name) is not None:
                 setattr(self, name, check_int(name, getattr(self, name)))
@@ -166,6 +177,8 @@ class VideoCall:
     """The step count dynamic guidance divides by (after video-to-video's strength cut)."""
     extra_frames: int = 0
     """Latent frames CogVideoX 1.5 added in front to fill its temporal patches, dropped before decoding."""
+    lora: AdapterFeeds = EMPTY_FEEDS
+    """The LoRA factors this call feeds the transformer (its adapter set, fixed when it starts)."""
 
     @property
     def guided(self) -> bool:
@@ -227,7 +240,7 @@ class VaeOptions:
 
 
 # ----- the pipelines --------------------------------------------------------------------------------------------
-class CogVideoXPipeline(DiffusionPipeline):
+class CogVideoXPipeline(LoraLoaderMixin, DiffusionPipeline):
     """Text-to-video: ``pipe(prompt, num_frames=49, height=480, width=720).frames``."""
 
     arguments: ClassVar[type[CallArguments]] = VideoArguments
@@ -253,6 +266,28 @@ class CogVideoXPipeline(DiffusionPipeline):
         self.video_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self.tokenizer = T5Tokenizer.from_pretrained(package.path, subfolder="tokenizer")
         self._calls = CallScope(CallState(6.0))
+        self.check_transformer()
+
+    image_conditioned: ClassVar[bool] = False
+    """Whether the transformer takes the image's latents beside the noise (twice the latent channels)."""
+
+    def check_transformer(self) -> None:
+        """Refuse a package whose transformer this pipeline cannot drive (an image-to-video one under text-to-video,
+        or the reverse), naming the pipeline that can."""
+        latent = int(self.vae.config.get("latent_channels", 16))
+        takes = int(self.transformer_config.get("in_channels", latent))
+        wants = 2 * latent if self.image_conditioned else latent
+        if takes != wants:
+            other = (
+                "CogVideoXPipeline or CogVideoXVideoToVideoPipeline"
+                if takes == latent
+                else ("CogVideoXImageToVideoPipeline")
+            )
+            raise ConfigError(
+                f"the package's transformer takes {takes} input channels, but {type(self).__name__} drives one of "
+                f"{wants} ({latent} latent channels{' plus the image' if self.image_conditioned else ''}); use "
+                f"{other} for this package."
+            )
 
     def running(self):
         return self._calls.running()
@@ -346,6 +381,7 @@ class CogVideoXPipeline(DiffusionPipeline):
         call = VideoCall(
             args, copy.deepcopy(self.scheduler), as_generator(args.generator), batch, height, width, frames, state
         )
+        call.lora = self.adapter_feeds(args.adapters)
         self.encode_prompts(call, prompts)
         return call
 
@@ -494,6 +530,7 @@ class CogVideoXPipeline(DiffusionPipeline):
                     "encoder_hidden_states": embeds,
                     "timestep": np.full((model_input.shape[0],), t, dtype=np.float32),
                     **fixed,
+                    **call.lora.of("transformer"),
                 }
                 with self.timed("transformer"):
                     noise = transformer.run(feeds, ["noise_pred"])["noise_pred"].astype(np.float32)
@@ -586,6 +623,7 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
 
     arguments: ClassVar[type[CallArguments]] = ImageToVideoArguments
     video_networks: ClassVar[tuple[str, ...]] = ("text_encoder", "transformer", "vae_encoder", "vae_decoder")
+    image_conditioned: ClassVar[bool] = True
 
     def prepare(self, call: VideoCall) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         args: ImageToVideoArguments = call.args  # type: ignore[assignment]

@@ -155,3 +155,32 @@ def test_generate_cli_refuses_image_files_for_video_packages(package_2b, tmp_pat
     )  # fmt: skip
     assert result.returncode != 0 and "not a video file" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_lora_at_run_time_equals_lora_fused_at_export(folder_2b, package_2b, tmp_path):
+    """A package with LoRA slots in its transformer: the adapter chosen per call gives the fused package's frames,
+    and a call without adapters gives the plain package's."""
+    from diffrt.export.package import ExportOptions, export_package
+    from diffrt.export.source import load_source
+    from diffrt.runtime.pipelines import CogVideoXPipeline
+
+    lora = peft_lora(folder_2b, tmp_path / "lora", seed=1)
+    source = load_source(folder_2b)
+    slotted = export_package(source, tmp_path / "slotted", ExportOptions(batch=2, lora_slots=8)).path
+    fused = export_package(
+        load_source(folder_2b), tmp_path / "fused", ExportOptions(batch=2, loras=(f"{lora}:0.7",))
+    ).path
+    kwargs = dict(
+        prompt="a ball", num_frames=9, num_inference_steps=2, guidance_scale=4.0, generator=3, output_type="np"
+    )
+    pipes = {}
+    for name, path in (("slotted", slotted), ("fused", fused), ("plain", package_2b)):
+        pipes[name] = CogVideoXPipeline.from_pretrained(path, provider="cpu")
+        pipes[name].set_progress_bar_config(disable=True)
+    pipes["slotted"].load_lora_weights(str(lora), adapter_name="motion")
+    with_adapter = pipes["slotted"](**kwargs, adapters={"motion": 0.7}).frames
+    without = pipes["slotted"](**kwargs, adapters={}).frames
+    assert pipes["slotted"].get_list_adapters() == {"transformer": ["motion"]}
+    assert np.abs(with_adapter - pipes["fused"](**kwargs).frames).max() <= 1e-4
+    assert np.abs(without - pipes["plain"](**kwargs).frames).max() <= 1e-5
+    assert np.abs(with_adapter - without).max() > 1e-2

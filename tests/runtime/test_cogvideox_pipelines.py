@@ -251,3 +251,10 @@ def test_bad_arguments_are_named(video_packages, kwargs, names):
     pipe = diffrt_pipe("CogVideoXPipeline", video_packages["2b"])
     with pytest.raises(ConfigError, match=names):
         pipe(PROMPTS[0], num_inference_steps=1, **kwargs)
+
+
+def test_a_pipeline_refuses_a_transformer_of_the_other_task(video_packages):
+    with pytest.raises(ConfigError, match="CogVideoXImageToVideoPipeline"):
+        ours.CogVideoXPipeline.from_pretrained(video_packages["i2v"], provider="cpu")
+    with pytest.raises(ConfigError, match="CogVideoXPipeline or CogVideoXVideoToVideoPipeline"):
+        ours.CogVideoXImageToVideoPipeline.from_pretrained(video_packages["2b"], provider="cpu")
