@@ -88,3 +88,15 @@ def lora_files(tiny_models, tmp_path_factory):
     from fixtures.loras import build_loras
 
     return build_loras(tiny_models["sd1"], tmp_path_factory.mktemp("loras"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: with pytest -n 2 on two cores, more torch threads per worker only fight over the cores.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

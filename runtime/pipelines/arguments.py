@@ -82,6 +82,28 @@ def check_schedule(name: str, values: Any) -> list[float] | None:
     return list(items)
 
 
+def check_adapters(adapters: Any) -> dict[str, Any] | None:
+    """A call's ``adapters``: None, or ``{name: weight}`` with each weight checked."""
+    if adapters is None:
+        return None
+    if not isinstance(adapters, Mapping) or not all(isinstance(k, str) for k in adapters):
+        raise ConfigError(
+            f"adapters={adapters!r} is not supported; accepted: None or a dict of adapter name -> weight, "
+            "such as {'pixel': 0.5, 'toy': 1.0}."
+        )
+    return {k: check_adapter_weights(f"adapters[{k!r}]", w) for k, w in adapters.items()}
+
+
+def check_callback(callback: Any, tensor_inputs: Any) -> tuple[str, ...]:
+    """Refuse a ``callback_on_step_end`` that cannot be called; its tensor names as a tuple."""
+    if callback is not None and not callable(callback):
+        raise ConfigError(
+            f"callback_on_step_end={callback!r} is not callable; accepted: None or a function "
+            "(pipe, step, timestep, tensors) -> dict of tensors."
+        )
+    return (tensor_inputs,) if isinstance(tensor_inputs, str) else tuple(tensor_inputs)
+
+
 def check_output_type(output_type: Any) -> str:
     if output_type not in OUTPUT_TYPES:
         raise ConfigError(f"output_type={output_type!r} is not supported; accepted: 'pil', 'np', 'latent'.")
@@ -169,13 +191,7 @@ class PromptArguments(CallArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.adapters is not None:
-            if not isinstance(self.adapters, Mapping) or not all(isinstance(k, str) for k in self.adapters):
-                raise ConfigError(
-                    f"adapters={self.adapters!r} is not supported; accepted: None or a dict of adapter name -> weight, "
-                    "such as {'pixel': 0.5, 'toy': 1.0}."
-                )
-            self.adapters = {k: check_adapter_weights(f"adapters[{k!r}]", w) for k, w in self.adapters.items()}
+        self.adapters = check_adapters(self.adapters)
         if self.timesteps is not None and self.sigmas is not None:
             raise ConfigError("timesteps and sigmas were both given; accepted: one custom schedule, or neither.")
         self.timesteps = check_schedule("timesteps", self.timesteps)
@@ -184,14 +200,9 @@ class PromptArguments(CallArguments):
         self.guidance_scale = check_number("guidance_scale", self.guidance_scale)
         self.guidance_rescale = check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
         self.eta = check_number("eta", self.eta, 0.0, 1.0)  # DDIM's sigma turns imaginary past 1: NaN images
-        if self.callback_on_step_end is not None and not callable(self.callback_on_step_end):
-            raise ConfigError(
-                f"callback_on_step_end={self.callback_on_step_end!r} is not callable; accepted: None or a function "
-                "(pipe, step, timestep, tensors) -> dict of tensors."
-            )
-        if isinstance(self.callback_on_step_end_tensor_inputs, str):
-            self.callback_on_step_end_tensor_inputs = (self.callback_on_step_end_tensor_inputs,)
-        self.callback_on_step_end_tensor_inputs = tuple(self.callback_on_step_end_tensor_inputs)
+        self.callback_on_step_end_tensor_inputs = check_callback(
+            self.callback_on_step_end, self.callback_on_step_end_tensor_inputs
+        )
 
 
 @dataclass(kw_only=True)

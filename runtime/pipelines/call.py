@@ -75,6 +75,51 @@ class CallScope:
         self._local.state = state
 
 
+class CallSettings:
+    """The settings diffusers' callbacks read (and may set) on the pipeline, answered for the call running in the
+    asking thread: ``guidance_scale``, ``_guidance_scale``, ``do_classifier_free_guidance``, ``num_timesteps``,
+    ``interrupt`` / ``_interrupt``. The pipeline keeps its :class:`CallScope` in ``_calls``."""
+
+    _calls: CallScope
+
+    def running(self):
+        return self._calls.running()
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._calls.state.guidance_scale
+
+    @property
+    def _guidance_scale(self) -> float:
+        return self._calls.state.guidance_scale
+
+    @_guidance_scale.setter
+    def _guidance_scale(self, value: float) -> None:
+        """Callbacks set it (diffusers' dynamic guidance recipe: 0 stops guidance from the next step on)."""
+        self._calls.state.guidance_scale = float(value)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._calls.state.do_classifier_free_guidance
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._calls.state.num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._calls.state.interrupt
+
+    @property
+    def _interrupt(self) -> bool:
+        return self._calls.state.interrupt
+
+    @_interrupt.setter
+    def _interrupt(self, value: bool) -> None:
+        """Callbacks set it to stop the running call: its remaining steps are skipped."""
+        self._calls.state.interrupt = bool(value)
+
+
 @dataclass
 class Call:
     """One call's working set, made once from its arguments and handed down by name."""

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 import PIL.Image
 
-from ..adapters import EMPTY_FEEDS, AdapterFeeds, check_adapter_weights
+from ..adapters import EMPTY_FEEDS, AdapterFeeds
 from ..engines import Engine, SessionSettings, load_engine
 from ..errors import ConfigError, NonFiniteError, PackageError
 from ..image_processor import VaeImageProcessor
@@ -39,9 +39,9 @@ from ..schedulers import CogVideoXDPMScheduler, Scheduler
 from ..schedulers.base import as_generator, randn
 from ..schema import LEARNED_POSITIONS
 from ..t5_tokenizer import T5Tokenizer
-from .arguments import CallArguments, Prompt, StepCallback, check_int, check_number
+from .arguments import CallArguments, Prompt, StepCallback, check_adapters, check_callback, check_int, check_number
 from .base import DiffusionPipeline
-from .call import CallScope, CallState
+from .call import CallScope, CallSettings, CallState
 from .cogvideox_positions import rotary_embeddings, sincos_pos_embedding, uses_learned_table
 from .cogvideox_vae import VideoVae
 from .inputs import Limits
@@ -90,12 +90,7 @@ class VideoArguments(CallArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.adapters is not None:
-            if not isinstance(self.adapters, Mapping) or not all(isinstance(k, str) for k in self.adapters):
-                raise ConfigError(
-                    f"adapters={self.adapters!r} is not supported; accepted: None or a dict of adapter name -> weight."
-                )
-            self.adapters = {k: check_adapter_weights(f"adapters[{k!r}]", w) for k, w in self.adapters.items()}
+        self.adapters = check_adapters(self.adapters)
         for name in ("height", "width", "num_frames"):
             if getattr(self, name) is not None:
                 setattr(self, name, check_int(name, getattr(self, name)))
@@ -105,14 +100,9 @@ class VideoArguments(CallArguments):
         self.max_sequence_length = check_int("max_sequence_length", self.max_sequence_length)
         if not isinstance(self.use_dynamic_cfg, (bool, np.bool_)):
             raise ConfigError(f"use_dynamic_cfg={self.use_dynamic_cfg!r} is not supported; accepted: True or False.")
-        if self.callback_on_step_end is not None and not callable(self.callback_on_step_end):
-            raise ConfigError(
-                f"callback_on_step_end={self.callback_on_step_end!r} is not callable; accepted: None or a function "
-                "(pipe, step, timestep, tensors) -> dict of tensors."
-            )
-        if isinstance(self.callback_on_step_end_tensor_inputs, str):
-            self.callback_on_step_end_tensor_inputs = (self.callback_on_step_end_tensor_inputs,)
-        self.callback_on_step_end_tensor_inputs = tuple(self.callback_on_step_end_tensor_inputs)
+        self.callback_on_step_end_tensor_inputs = check_callback(
+            self.callback_on_step_end, self.callback_on_step_end_tensor_inputs
+        )
         unknown = set(self.callback_on_step_end_tensor_inputs) - set(CALLBACK_TENSORS)
         if unknown:
             raise ConfigError(
@@ -209,38 +199,8 @@ class _Stages:
             del engine
 
 
-class VaeOptions:
-    """``pipe.vae``: diffusers' switches for the VAE's memory use (tiling, slicing), applied to every later call."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.use_tiling = False
-        self.use_slicing = False
-        self.tile_options: dict[str, Any] = {}
-
-    def enable_tiling(self, **options: Any) -> None:
-        """Decode (and encode) in overlapping spatial tiles blended as diffusers blends them; ``options`` are
-        diffusers' ``enable_tiling`` arguments (``tile_sample_min_height``, ``tile_overlap_factor_width``, ...)."""
-        self.use_tiling = True
-        self.tile_options = {k: v for k, v in options.items() if v is not None}
-
-    def disable_tiling(self) -> None:
-        self.use_tiling = False
-
-    def enable_slicing(self) -> None:
-        """Decode one video of the batch at a time."""
-        self.use_slicing = True
-
-    def disable_slicing(self) -> None:
-        self.use_slicing = False
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.config.get("scaling_factor", 1.15258426))
-
-
 # ----- the pipelines --------------------------------------------------------------------------------------------
-class CogVideoXPipeline(LoraLoaderMixin, DiffusionPipeline):
+class CogVideoXPipeline(CallSettings, LoraLoaderMixin, DiffusionPipeline):
     """Text-to-video: ``pipe(prompt, num_frames=49, height=480, width=720).frames``."""
 
     arguments: ClassVar[type[CallArguments]] = VideoArguments
@@ -260,7 +220,10 @@ class CogVideoXPipeline(LoraLoaderMixin, DiffusionPipeline):
         self.stage_memory = stage_memory
         self.stages = _Stages(package, low_memory=stage_memory == "low")
         self.transformer_config = package.config("transformer")
-        self.vae = VaeOptions(package.config("vae_decoder") or package.config("vae_encoder"))
+        # ``pipe.vae``: diffusers' switches (enable_tiling / enable_slicing ...) for every later call; each call runs
+        # a copy of it with its own step engines.
+        self.vae = VideoVae(package.config("vae_decoder") or package.config("vae_encoder"))
+        self.vae_scaling_factor = float(self.vae.config.get("scaling_factor", 1.15258426))
         self.vae_scale_factor_spatial = 2 ** (len(self.vae.config.get("block_out_channels", (0,) * 4)) - 1)
         self.vae_scale_factor_temporal = int(self.vae.config.get("temporal_compression_ratio", 4))
         self.video_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -288,43 +251,6 @@ class CogVideoXPipeline(LoraLoaderMixin, DiffusionPipeline):
                 f"{wants} ({latent} latent channels{' plus the image' if self.image_conditioned else ''}); use "
                 f"{other} for this package."
             )
-
-    def running(self):
-        return self._calls.running()
-
-    # ----- what callbacks read: the running call's settings, per thread (diffusers' names) ----------------------
-    @property
-    def guidance_scale(self) -> float:
-        return self._calls.state.guidance_scale
-
-    @property
-    def _guidance_scale(self) -> float:
-        return self._calls.state.guidance_scale
-
-    @_guidance_scale.setter
-    def _guidance_scale(self, value: float) -> None:
-        self._calls.state.guidance_scale = float(value)
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._calls.state.do_classifier_free_guidance
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._calls.state.num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._calls.state.interrupt
-
-    @property
-    def _interrupt(self) -> bool:
-        return self._calls.state.interrupt
-
-    @_interrupt.setter
-    def _interrupt(self, value: bool) -> None:
-        """Callbacks set it to stop the running call: its remaining steps are skipped."""
-        self._calls.state.interrupt = bool(value)
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -581,7 +507,7 @@ class CogVideoXPipeline(LoraLoaderMixin, DiffusionPipeline):
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """(B, F, C, h, w) diffusion latents -> (B, 3, frames, H, W) pixels in about [-1, 1]."""
-        z = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4)) / np.float32(self.vae.scaling_factor)
+        z = np.ascontiguousarray(latents.transpose(0, 2, 1, 3, 4)) / np.float32(self.vae_scaling_factor)
         with self.stages.use("vae_decoder") as decoder, self.timed("vae_decoder"):
             vae = self.video_vae(decoder=decoder)
             video = vae.decode(z.astype(np.float32))
@@ -593,14 +519,11 @@ class CogVideoXPipeline(LoraLoaderMixin, DiffusionPipeline):
         return video
 
     def video_vae(self, decoder: Engine | None = None, encoder: Engine | None = None) -> VideoVae:
-        return VideoVae(
-            self.vae.config,
-            decode_step=None if decoder is None else _runner(decoder),
-            encode_step=None if encoder is None else _runner(encoder),
-            tiling=self.vae.use_tiling,
-            slicing=self.vae.use_slicing,
-            **self.vae.tile_options,
-        )
+        """``pipe.vae`` with its settings as they are now, running these engines."""
+        vae = copy.copy(self.vae)
+        vae.decode_step = None if decoder is None else _runner(decoder)
+        vae.encode_step = None if encoder is None else _runner(encoder)
+        return vae
 
     def postprocess_video(self, video: np.ndarray, output_type: str) -> Any:
         frames = np.clip(video / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 4, 1)  # (B, F, H, W, 3)
@@ -645,7 +568,7 @@ class CogVideoXImageToVideoPipeline(CogVideoXPipeline):
         image_latents = np.concatenate(
             [self.posterior(img[None, :, None], call.generator) for img in images]
         ).transpose(0, 2, 1, 3, 4)  # (B, 1, C, h, w)
-        scale = self.vae.scaling_factor
+        scale = self.vae_scaling_factor
         image_latents = image_latents / scale if self.vae.config.get("invert_scale_latents") else scale * image_latents
         padding = np.zeros((call.batch, frames - 1, *image_latents.shape[2:]), dtype=np.float32)
         image_latents = np.concatenate([image_latents.astype(np.float32), padding], axis=1)
@@ -687,7 +610,7 @@ class CogVideoXVideoToVideoPipeline(CogVideoXPipeline):
                 f"video has {call.num_frames} frames, {frames} latent frames; accepted: a latent frame count divisible "
                 f"by the transformer's patch_size_t ({p_t})."
             )
-        scale = np.float32(self.vae.scaling_factor)
+        scale = np.float32(self.vae_scaling_factor)
         init = np.concatenate([self.posterior(v[None], call.generator) for v in videos])
         init = scale * init.transpose(0, 2, 1, 3, 4)
         shape = self.latent_shape(call, frames, channels)

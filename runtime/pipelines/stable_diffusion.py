@@ -28,12 +28,12 @@ from ..schedulers import SCHEDULERS, Scheduler, as_generator, randn
 from ..schema import default_size
 from .arguments import Prompt, PromptArguments, check_int
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput
-from .call import Call, CallScope, CallState, DenoisingTensors
+from .call import Call, CallScope, CallSettings, CallState, DenoisingTensors
 from .inputs import Limits, check_finite, input_pixels, user_images
 from .lora import LoraLoaderMixin
 
 
-class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
+class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
     """Text-conditioned latent diffusion over a CLIP text encoder, a UNet and a VAE decoder."""
 
     networks: ClassVar[tuple[str, ...]] = ("text_encoder", "unet", "vae_decoder")
@@ -50,9 +50,6 @@ class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         idle = CallState(self.default_guidance_scale, guidance_embedding=self.guidance_embedding)
         self._calls = CallScope(idle)
-
-    def running(self):
-        return self._calls.running()
 
     def check_unet(self, package) -> None:
         """Refuse, before any engine is created, a package whose UNet this pipeline cannot drive."""
@@ -75,20 +72,7 @@ class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
         self.tokenizer = package.tokenizer()
         self.text_encoder_config = package.text_encoder_config("text_encoder")
 
-    # ----- what callbacks read: the running call's settings, per thread (diffusers' names) ----------------------
-    @property
-    def guidance_scale(self) -> float:
-        return self._calls.state.guidance_scale
-
-    @property
-    def _guidance_scale(self) -> float:
-        return self._calls.state.guidance_scale
-
-    @_guidance_scale.setter
-    def _guidance_scale(self, value: float) -> None:
-        """Callbacks set it (diffusers' dynamic guidance recipe: 0 stops guidance from the next step on)."""
-        self._calls.state.guidance_scale = float(value)
-
+    # ----- what callbacks read beyond CallSettings' (diffusers' names) ------------------------------------------
     @property
     def guidance_rescale(self) -> float:
         return self._calls.state.guidance_rescale
@@ -96,27 +80,6 @@ class StableDiffusionBase(LoraLoaderMixin, DiffusionPipeline):
     @property
     def clip_skip(self) -> int | None:
         return self._calls.state.clip_skip
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._calls.state.do_classifier_free_guidance
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._calls.state.num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._calls.state.interrupt
-
-    @property
-    def _interrupt(self) -> bool:
-        return self._calls.state.interrupt
-
-    @_interrupt.setter
-    def _interrupt(self, value: bool) -> None:
-        """Callbacks set it to stop the running call: its remaining steps are skipped."""
-        self._calls.state.interrupt = bool(value)
 
     @property
     def guidance_embedding(self) -> bool:
