@@ -83,7 +83,9 @@ class VideoArguments(CallArguments):
     negative_prompt_embeds: np.ndarray | None = None
     callback_on_step_end: StepCallback | None = None
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
-    max_sequence_length: int = 226
+    max_sequence_length: int | None = None
+    """Text tokens the prompts are padded to: diffusers' default is 226; None takes the transformer's
+    ``max_text_seq_length`` (226 for every released CogVideoX; a 2B-style transformer fits no other length)."""
     adapters: Mapping[str, Any] | None = None
     """LoRA adapters for this call alone, ``{name: weight}`` (``{}``: none), on a package exported with
     ``--lora-slots``; None runs the pipeline's active set (``set_adapters``)."""
@@ -97,7 +99,8 @@ class VideoArguments(CallArguments):
         self.guidance_scale = check_number("guidance_scale", self.guidance_scale)
         self.eta = check_number("eta", self.eta, 0.0, 1.0)
         self.num_videos_per_prompt = check_int("num_videos_per_prompt", self.num_videos_per_prompt)
-        self.max_sequence_length = check_int("max_sequence_length", self.max_sequence_length)
+        if self.max_sequence_length is not None:
+            self.max_sequence_length = check_int("max_sequence_length", self.max_sequence_length)
         if not isinstance(self.use_dynamic_cfg, (bool, np.bool_)):
             raise ConfigError(f"use_dynamic_cfg={self.use_dynamic_cfg!r} is not supported; accepted: True or False.")
         self.callback_on_step_end_tensor_inputs = check_callback(
@@ -169,6 +172,8 @@ class VideoCall:
     """Latent frames CogVideoX 1.5 added in front to fill its temporal patches, dropped before decoding."""
     lora: AdapterFeeds = EMPTY_FEEDS
     """The LoRA factors this call feeds the transformer (its adapter set, fixed when it starts)."""
+    text_length: int = 226
+    """Tokens each prompt is padded to (``max_sequence_length``)."""
 
     @property
     def guided(self) -> bool:
@@ -308,6 +313,7 @@ class CogVideoXPipeline(CallSettings, LoraLoaderMixin, DiffusionPipeline):
             args, copy.deepcopy(self.scheduler), as_generator(args.generator), batch, height, width, frames, state
         )
         call.lora = self.adapter_feeds(args.adapters)
+        call.text_length = args.max_sequence_length or int(config.get("max_text_seq_length", 226))
         self.encode_prompts(call, prompts)
         return call
 
@@ -327,14 +333,14 @@ class CogVideoXPipeline(CallSettings, LoraLoaderMixin, DiffusionPipeline):
             if args.prompt_embeds is not None:
                 positive = _embeds("prompt_embeds", args.prompt_embeds)
             else:
-                positive = self.encode_text(encoder, prompt_list("prompt", args.prompt), args.max_sequence_length)
+                positive = self.encode_text(encoder, prompt_list("prompt", args.prompt), call.text_length)
             negative = None
             if call.guided:
                 if args.negative_prompt_embeds is not None:
                     negative = _embeds("negative_prompt_embeds", args.negative_prompt_embeds)
                 else:
                     texts = negative_prompts("negative_prompt", args.negative_prompt or "", prompts)
-                    negative = self.encode_text(encoder, texts, args.max_sequence_length)
+                    negative = self.encode_text(encoder, texts, call.text_length)
                 if negative.shape != positive.shape:
                     raise ConfigError(
                         f"negative_prompt_embeds has shape {negative.shape}; accepted: prompt_embeds' {positive.shape}."
@@ -403,6 +409,16 @@ class CogVideoXPipeline(CallSettings, LoraLoaderMixin, DiffusionPipeline):
             cos, sin = rotary_embeddings(config, frames, h, w, f)
             feeds["rotary_cos"], feeds["rotary_sin"] = cos, sin
         learned = "pos_embedding" in transformer.inputs and uses_learned_table(config, frames, h, w)
+        rows = int(config.get("max_text_seq_length", 226))
+        if (
+            "pos_embedding" in transformer.inputs
+            and not config.get("use_rotary_positional_embeddings")
+            and text != rows
+        ):
+            raise ConfigError(  # diffusers fails here too: its sin-cos table has exactly that many text rows
+                f"max_sequence_length={text} does not fit this transformer's sin-cos positions; accepted: {rows} "
+                "(its max_text_seq_length)."
+            )
         if "pos_embedding" in transformer.inputs:
             feeds["pos_embedding"] = (
                 self.learned_positions(text)[1] if learned else sincos_pos_embedding(config, frames, h, w)
