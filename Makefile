@@ -33,15 +33,18 @@ LORA_OUT := $(OUT)-bold
 TRAIN_OUT ?= build/digits-train
 TRAIN_ARGS ?= --seed 0
 
-.PHONY: help install test test-fast engines demo train-demo bench bench-serve serve lint clean interop-optimum
+.PHONY: help install test test-fast engines demo demo-video train-demo train-video-demo bench bench-serve bench-video serve lint clean interop-optimum
 
 help:
 	@echo "make test     create .venv if missing, install diffrt[dev] (torch pinned), run the test suite"
 	@echo "make engines  export MODEL (default: the bundled digits model, models/digits) to the package OUT (engines/default)"
 	@echo "make demo     build the digits packages (without and with the bold LoRA), draw 0-9 with each into DEMO_OUT (demo.png)"
 	@echo "make train-demo  train the digits model and its LoRA again into TRAIN_OUT (build/digits-train), ~25 min"
+	@echo "make demo-video  the video model (models/digits-video): moving digits into demo.gif and demo.mp4 (torch-free)"
+	@echo "make train-video-demo  train the video model again into VIDEO_TRAIN_OUT (build/digits-video-train), ~30 min"
 	@echo "make serve    serve the package OUT over HTTP (OpenAI and AUTOMATIC1111 APIs; diffrt serve --help)"
 	@echo "make bench-serve  diffrt serve under concurrent load beside diffusers + FastAPI (benchmarks/SERVE.md)"
+	@echo "make bench-video  CogVideoX-2b (real transformer and VAE sizes, random weights): diffrt beside diffusers (benchmarks/VIDEO.md)"
 	@echo "make lint     ruff over the sources"
 	@echo "make clean    remove the virtual environment and caches"
 
@@ -93,6 +96,26 @@ demo:
 	@echo "make demo draws the bundled digits model ($(DEMO_MODEL)); leave MODEL unset" >&2; exit 2
 endif
 
+# make demo-video [VIDEO_OUT=engines/digits-video]: the bundled CogVideoX-architecture model (models/digits-video:
+# handwritten digits moving left, right, up or down) exported once (again only when models/digits-video is newer),
+# then ten clips made by the torch-free runtime into demo.gif, demo.mp4 (PyAV: the `video` extra) and the frame strip
+# docs/demo-video.png. The model wants its own text length (16 tokens), which the runtime takes from its config.
+VIDEO_MODEL := models/digits-video
+VIDEO_FILES := $(wildcard $(VIDEO_MODEL)/*.json $(VIDEO_MODEL)/*/*)
+VIDEO_OUT ?= engines/digits-video
+$(VIDEO_OUT)/diffrt.json: $(VIDEO_FILES) | $(EXPORT_STAMP)
+	$(PY) -m diffrt export $(VIDEO_MODEL) $(VIDEO_OUT) --force --batch 10
+
+demo-video: $(VIDEO_OUT)/diffrt.json
+	$(PIP) install --quiet -e ".[video]"
+	$(PY) -m diffrt.runtime.demo_video $(VIDEO_OUT) --out demo.gif --mp4 demo.mp4 --strip docs/demo-video.png
+
+# make train-video-demo [VIDEO_TRAIN_OUT=folder]: train the video model again (deterministic, ~30 min on 2 cores);
+# copy the folder to models/digits-video to ship it.
+VIDEO_TRAIN_OUT ?= build/digits-video-train
+train-video-demo: $(STAMP)
+	$(PY) -m diffrt.export.train_video_demo $(VIDEO_TRAIN_OUT) --seed 0 --minutes 25
+
 # Needs the dev install (scikit-learn's digits, the CLIP merges of open-clip-torch). Copy TRAIN_OUT to models/digits
 # to ship what it made.
 train-demo: $(STAMP)
@@ -114,6 +137,17 @@ bench: $(STAMP)
 SERVE_MODELS ?= digits,sd15
 bench-serve: $(STAMP)
 	$(PY) benchmarks/bench_serve.py --models $(SERVE_MODELS)
+
+# make bench-video [VIDEO_ARGS="--steps 3"]: text-to-video with CogVideoX-2b's transformer and VAE at their real
+# sizes (random weights; a reduced T5: the real one does not fit in 24 GB beside them), 9 frames at 160x240, 2 steps,
+# guidance 6: diffrt on ORT CPU (every session kept; a session per stage; plus VAE tiling) beside diffusers on torch
+# (plain; VAE tiling + slicing), each in its own process. Built and exported once under build/bench-video/ (16 GB of
+# free disk the first time, 12 GB kept; where there is less, VIDEO_ARGS="--transformer-layers 15" builds the
+# transformer with half its layers: 10 GB, 6.5 GB kept). Writes benchmarks/results/video.json and benchmarks/VIDEO.md.
+# About 10 minutes on 2 cores with 15 layers, the export included.
+VIDEO_ARGS ?=
+bench-video: $(STAMP)
+	$(PY) benchmarks/bench_video.py $(VIDEO_ARGS)
 
 # make serve [OUT=engines/default] [PORT=8000]: serve the package OUT (`make engines` first) on 127.0.0.1:PORT.
 PORT ?= 8000

@@ -100,28 +100,44 @@ def build_video_networks(source: Source) -> list[tuple[str, Any]]:
 
 
 # ----- sizes each graph is traced and checked at ----------------------------------------------------------------
-def trace_sizes(network: Network, shape_range: ShapeRange, patch_t: int) -> list[tuple]:
-    """(batch, height, width, dims) to trace at first, then to check at: two frame counts, two sizes when dynamic.
+PROBE = 128  # pixels: the largest side a dynamic VAE step is traced and checked at
 
-    The transformer is traced at a few latent frames (its graph is the same for any count); the VAE steps at their
-    frame batches (2 latent frames / 8 frames, with a cache) and checked at the first batch's odd count too."""
-    h, w = shape_range.height[1], shape_range.width[1]
-    small_h, small_w = (shape_range.height[0], shape_range.width[0]) if not shape_range.static_size else (h, w)
+
+def trace_sizes(network: Network, shape_range: ShapeRange, patch_t: int) -> list[tuple]:
+    """(batch, height, width, dims) to trace at first, then two to check at (other batches, frame counts and,
+    for dynamic graphs, sizes).
+
+    A dynamic graph is the same whatever size it is traced at, so each is traced small: the transformer at the
+    range's smallest size, the VAE steps at most :data:`PROBE` pixels a side (at CogVideoX's 480x720 the encoder's
+    8-frame trace alone needs over 23 GB). The VAE steps are traced at a later frame batch (2 latent frames, 8
+    frames, with a cache) and checked at the first batch's odd count too."""
+    if shape_range.static_size:
+        th = vh = vh2 = shape_range.height[1]
+        tw = vw = vw2 = shape_range.width[1]
+    else:
+        th, tw = shape_range.height[0], shape_range.width[0]
+        vh, vw = _probe(th), _probe(tw)
+        vh2, vw2 = _probe(vh // 2), _probe(vw * 3 // 4)
     if network.name == "transformer":
         return [
-            (2, h, w, {"latent_frames": 2 * patch_t}),
-            (1, h, w, {"latent_frames": patch_t}),
-            (2, small_h, small_w, {"latent_frames": 3 * patch_t}),
+            (2, th, tw, {"latent_frames": 2 * patch_t}),
+            (1, th, tw, {"latent_frames": patch_t}),
+            (2, vh2, vw2, {"latent_frames": 3 * patch_t}),
         ]
     if network.name == "vae_decoder":
         return [
-            (1, h, w, {"latent_frames": 2}),
-            (1, h, w, {"latent_frames": 3}),
-            (2, small_h, small_w, {"latent_frames": 1}),
+            (1, vh, vw, {"latent_frames": 2}),
+            (1, vh, vw, {"latent_frames": 3}),
+            (2, vh2, vw2, {"latent_frames": 1}),
         ]
     if network.name == "vae_encoder":
-        return [(1, h, w, {"frames": 8}), (1, h, w, {"frames": 9}), (2, small_h, small_w, {"frames": 1})]
-    return [(2, h, w), (1, h, w), (2, h, w)]
+        return [(1, vh, vw, {"frames": 8}), (1, vh, vw, {"frames": 9}), (2, vh2, vw2, {"frames": 1})]
+    return [(2, th, tw), (1, th, tw), (2, vh2, vw2)]
+
+
+def _probe(side: int) -> int:
+    """A side of at most :data:`PROBE` pixels, a multiple of 16 (the VAE's 8 x the transformer's patch of 2)."""
+    return max(16, min(side, PROBE) // 16 * 16)
 
 
 def references(module, network: Network, sizes: list[tuple], seed: int = 1) -> list[Reference]:

@@ -149,6 +149,7 @@ class EnginePackage:
         - Under ``precision="auto"`` the VAE encoder and decoder of an SDXL package stay fp32 when the VAE config sets
           ``force_upcast`` (SDXL's VAE overflows fp16; diffusers' SDXL pipelines upcast it the same way). diffusers'
           SD 1.x/2.x pipelines ignore the flag, which diffusers writes into every VAE config, so those VAEs keep fp16.
+        - A CogVideoX package's VAE steps run without ONNX Runtime's memory patterns (one per frame count otherwise).
         - ``cuda_graph`` applies to the UNet only: it runs once per step, where kernel-launch overhead adds up; the
           other networks run once per call, and the text encoder's token handling (ArgMax over int64 ids) runs on
           the CPU, which a CUDA graph cannot hold (ONNX Runtime refuses the session).
@@ -161,6 +162,11 @@ class EnginePackage:
             changes["precision"] = "fp32"
         if settings.cuda_graph and network != "unet":
             changes["cuda_graph"] = False
+        if network in VAE_NETWORKS and self.pipeline_class.startswith("CogVideoX") and settings.memory_pattern:
+            # The video VAE's steps run at 1, 2 and 3 latent frames (1, 8 and 9 frames): a memory pattern planned
+            # per shape keeps one large block per count. Measured on CogVideoX-2b's VAE at 160x240: two calls
+            # peaked at 16.4 GB with patterns, 10.8 GB without (benchmarks/VIDEO.md).
+            changes["memory_pattern"] = False
         return dataclasses.replace(settings, **changes) if changes else settings
 
     @property

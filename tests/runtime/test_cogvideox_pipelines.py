@@ -89,6 +89,7 @@ def assert_frames_close(mine: np.ndarray, theirs: np.ndarray, tolerance: float =
     assert mine.shape == theirs.shape, f"shapes differ: diffrt {mine.shape}, diffusers {theirs.shape}"
     assert theirs.std() > 1e-3, "the reference frames are flat; the comparison would prove nothing"
     err = float(np.abs(mine - theirs).max())
+    print(f"max abs difference {err:.1e}")  # shown with -s: the measured agreement
     assert err <= tolerance, f"max abs difference {err:.2e} > {tolerance:.0e}"
 
 
