@@ -33,13 +33,14 @@ LORA_OUT := $(OUT)-bold
 TRAIN_OUT ?= build/digits-train
 TRAIN_ARGS ?= --seed 0
 
-.PHONY: help install test test-fast engines demo demo-video train-demo train-video-demo bench bench-serve bench-video serve lint clean interop-optimum
+.PHONY: help install test test-fast engines demo demo-video train-demo train-tiny-vae train-video-demo bench quality bench-serve bench-video serve lint clean interop-optimum
 
 help:
 	@echo "make test     create .venv if missing, install diffrt[dev] (torch pinned), run the test suite"
 	@echo "make engines  export MODEL (default: the bundled digits model, models/digits) to the package OUT (engines/default)"
 	@echo "make demo     build the digits packages (without and with the bold LoRA), draw 0-9 with each into DEMO_OUT (demo.png)"
 	@echo "make train-demo  train the digits model and its LoRA again into TRAIN_OUT (build/digits-train), ~25 min"
+	@echo "make train-tiny-vae  distil the digits model's tiny VAE (AutoencoderTiny) into TINY_VAE_OUT, ~4 min"
 	@echo "make demo-video  the video model (models/digits-video): moving digits into demo.gif and demo.mp4 (torch-free)"
 	@echo "make train-video-demo  train the video model again into VIDEO_TRAIN_OUT (build/digits-video-train), ~30 min"
 	@echo "make serve    serve the package OUT over HTTP (OpenAI and AUTOMATIC1111 APIs; diffrt serve --help)"
@@ -121,14 +122,28 @@ train-video-demo: $(STAMP)
 train-demo: $(STAMP)
 	$(PY) -m diffrt.export.train_demo $(TRAIN_OUT) $(TRAIN_ARGS)
 
+# make train-tiny-vae [TINY_VAE_OUT=folder]: distil models/digits/vae_tiny again (an AutoencoderTiny that decodes the
+# digits model's latents as its KL VAE does; deterministic, ~4 min on 2 cores). Use it with
+# `diffrt export models/digits OUT --vae models/digits/vae_tiny` (fast decode) or `--preview-vae` (previews).
+TINY_VAE_OUT ?= build/digits-vae-tiny
+train-tiny-vae: $(STAMP)
+	$(PY) -m diffrt.export.train_tiny_vae $(TINY_VAE_OUT) --teacher $(DEMO_MODEL) --seed 0
+
 # make bench [QUICK=1]: text-to-image latency of diffrt (ORT CPU) beside diffusers (torch) and OpenVINO on the SD 1.5
-# architecture (random weights, built and exported once under build/bench/); writes benchmarks/results/latest.json
-# and a section of benchmarks/RESULTS.md. QUICK=1: 256x256, 8 steps (minutes); else 256 and 512, 20 steps.
+# architecture (random weights, built and exported once under build/bench/), with diffrt's fast modes (int8,
+# DeepCache, both, + the tiny VAE: packages made once with --deepcache and `diffrt quantize`) and their PSNR against
+# the exact image; writes benchmarks/results/latest.json and a section of benchmarks/RESULTS.md.
+# QUICK=1: 256x256, 8 steps (minutes); else 256 and 512, 20 steps, 2 measured calls each.
 # OpenVINO is not a dependency: installed here when the index has it, else its backend is recorded as skipped.
 QUICK ?=
 bench: $(STAMP)
 	$(PIP) install --quiet openvino || echo "make bench: openvino did not install; its backend will be skipped" >&2
 	$(PY) benchmarks/bench_pipeline.py $(if $(QUICK),--quick)
+
+# make quality: what each fast mode costs in image quality (benchmarks/QUALITY.md): digits accuracy and pixel
+# differences on the bundled model, PSNR on the SD 1.5 architecture (the packages `make bench` builds).
+quality: $(STAMP)
+	$(PY) benchmarks/quality.py
 
 # make bench-serve [SERVE_MODELS=digits,sd15]: `diffrt serve` (step batching on, one job at a time) beside diffusers
 # behind FastAPI with a lock, under 1, 2, 4 and 8 concurrent HTTP clients, on the digits model (32x32) and the SD 1.5

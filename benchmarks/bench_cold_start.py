@@ -4,7 +4,10 @@ Three fresh processes, one after the other, on one package: the cache off; the c
 also writes it); the cache filled (every later start). Each times process start -> pipeline loaded -> first image
 (256 x 256, one step, guidance on) and reads its peak RSS.
 
-    python benchmarks/bench_cold_start.py [PACKAGE]     # default: build/bench/sd15-package (make bench builds it)
+    python benchmarks/bench_cold_start.py [PACKAGE ...]  # default: build/bench/sd15-package (make bench builds it)
+
+With several packages (e.g. the float one and its int8 form, build/bench/sd15-package-int8), each is measured in
+turn and benchmarks/results/cold_start.json holds them all.
 """
 
 from __future__ import annotations
@@ -38,18 +41,25 @@ def run(package: Path, cache: str) -> dict:
     return json_child(CHILD, str(package), cache)
 
 
-def main() -> int:
-    package = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "bench" / "sd15-package"
+def measure(package: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="diffrt-cold-") as cache:
         rows = {"cache off": run(package, "off"), "first start": run(package, cache), "cached": run(package, cache)}
         size = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file())
     result = {"package": str(package), "rows": rows, "cache_gb": round(size / 2**30, 2)}
     result["load_speedup"] = round(rows["cache off"]["load_s"] / rows["cached"]["load_s"], 1)
-    (ROOT / "benchmarks" / "results" / "cold_start.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("| start | load s | first image s | total s | peak RSS GB |\n|---|---|---|---|---|")
+    print(f"{package}\n| start | load s | first image s | total s | peak RSS GB |\n|---|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {row['load_s']} | {row['first_image_s']} | {row['total_s']} | {row['peak_rss_gb']} |")
-    print(f"cache: {result['cache_gb']} GB; load {result['load_speedup']}x faster from the cache")
+        cells = [row[key] for key in ("load_s", "first_image_s", "total_s", "peak_rss_gb")]
+        print(f"| {name} | " + " | ".join(f"{value:.2f}" for value in cells) + " |")
+    print(f"cache: {result['cache_gb']} GB; load {result['load_speedup']}x faster from the cache", flush=True)
+    return result
+
+
+def main() -> int:
+    packages = [Path(p) for p in sys.argv[1:]] or [ROOT / "build" / "bench" / "sd15-package"]
+    results = [measure(package) for package in packages]
+    out = results[0] if len(results) == 1 else {"packages": results}
+    (ROOT / "benchmarks" / "results" / "cold_start.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -50,17 +50,29 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 REFERENCE = "diffrt_ort_cpu"
 BACKENDS = {
-    REFERENCE: "diffrt, ONNX Runtime CPU provider",
+    REFERENCE: "diffrt, ONNX Runtime CPU provider (exact fp32)",
+    "diffrt_int8": "diffrt, UNet int8 (`diffrt quantize`), ONNX Runtime CPU",
+    "diffrt_cached": "diffrt fp32 with DeepCache feature caching (`--deepcache`, cache_interval/cache_branch)",
+    "diffrt_int8_cached": "diffrt, UNet int8 + DeepCache feature caching",
+    "diffrt_int8_cached_tinyvae": "diffrt, UNet int8 + DeepCache + the tiny VAE (TAESD-shaped) as decoder",
     "diffusers_torch": "diffusers on torch, fp32",
     "openvino_cpu": "OpenVINO CPU plugin (f32) on diffrt's ONNX graphs, diffrt's NumPy pipeline",
 }
-PEERS = [name for name in BACKENDS if name != REFERENCE]
+# diffrt's fast modes: which package each runs (prepare_fast) and what each call adds.
+CACHE = {"cache_interval": 3, "cache_branch": 0}
+FAST = {
+    "diffrt_int8": ("int8", {}),
+    "diffrt_cached": ("deepcache", CACHE),
+    "diffrt_int8_cached": ("int8", CACHE),
+    "diffrt_int8_cached_tinyvae": ("int8-tinyvae", CACHE),
+}
+PEERS = ["diffusers_torch", "openvino_cpu"]
 PROMPT = "a photograph of an astronaut riding a horse"
 GUIDANCE = 7.5
 SEED = 0
 # (sizes, steps, warm calls): the full run, `--quick` and `--tiny`.
 # quick: 8 steps keep the VAE decode (the same cost on every backend) from swamping a 4-step call.
-MODES = {"full": ([256, 512], 20, 1), "quick": ([256], 8, 2), "tiny": ([64], 2, 1)}
+MODES = {"full": ([256, 512], 20, 2), "quick": ([256], 8, 2), "tiny": ([64], 2, 1)}
 HEADLINE_SIZE = 256
 HISTORY_MARK = "<!-- runs below, newest first; bench_pipeline.py inserts each new run here -->"
 
@@ -142,7 +154,9 @@ class OpenVinoEngine:
         return {name: np.asarray(results[name], dtype=np.float32) for name in names}
 
 
-def load_diffrt(backend: str, package: Path, steps: int, clock: StageClock) -> tuple[Callable[[np.ndarray], Any], int]:
+def load_diffrt(
+    backend: str, package: Path, steps: int, clock: StageClock, extra: dict[str, Any]
+) -> tuple[Callable[[np.ndarray], Any], int]:
     """(generate(latents) -> first image, the VAE scale factor) for diffrt's pipeline on ORT or OpenVINO."""
     from diffrt.runtime import StableDiffusionPipeline
     from diffrt.runtime.package import EnginePackage
@@ -171,7 +185,7 @@ def load_diffrt(backend: str, package: Path, steps: int, clock: StageClock) -> t
 
     def generate(latents: np.ndarray) -> Any:
         size = latents.shape[-1] * pipe.vae_scale_factor
-        call = {"num_inference_steps": steps, "guidance_scale": GUIDANCE, "output_type": "pil"}
+        call = {"num_inference_steps": steps, "guidance_scale": GUIDANCE, "output_type": "pil", **extra}
         return pipe(PROMPT, height=size, width=size, latents=latents, **call).images[0]
 
     return generate, pipe.vae_scale_factor
@@ -209,7 +223,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "diffusers_torch":
         generate, factor = load_diffusers(args.model, args.steps, clock)
     else:
-        generate, factor = load_diffrt(args.child, args.model, args.steps, clock)
+        generate, factor = load_diffrt(args.child, args.model, args.steps, clock, json.loads(args.call or "{}"))
     loaded = time.time()
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     side = args.size // factor
@@ -264,6 +278,43 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path | None, Path, di
     return source, package, notes
 
 
+def prepare_fast(source: Path | None, package: Path, backends: list[str], notes: dict[str, Any]) -> dict[str, Path]:
+    """The packages of the fast modes in ``backends``, each made once beside ``package``: exported with
+    ``--deepcache`` and a tiny preview VAE, that quantized with ``diffrt quantize`` (int8), and a view of the int8
+    package whose decoder is the tiny VAE (its other folders linked)."""
+    packages = {"plain": package}
+    wanted = {FAST[b][0] for b in backends if b in FAST}
+    if not wanted:
+        return packages
+    if source is None:
+        raise SystemExit(
+            f"the fast modes {', '.join(sorted(wanted))} are exported from the diffusers folder: give --source."
+        )
+    sys.path.insert(0, str(BENCH))
+    from sd15 import build_tiny_vae
+
+    tiny_vae = build_tiny_vae(source, package.parent / f"{source.name}-tiny-vae")
+    packages["deepcache"] = deep = package.parent / f"{package.name}-deepcache"
+    if not (deep / "model_index.json").is_file():
+        command = [sys.executable, "-m", "diffrt", "export", str(source), str(deep), "--force", "--deepcache"]
+        command += ["--preview-vae", str(tiny_vae)]
+        notes["export_deepcache_s"] = round(run(command, "exporting with --deepcache"), 1)
+    if wanted & {"int8", "int8-tinyvae"}:
+        packages["int8"] = int8 = package.parent / f"{package.name}-int8"
+        if not (int8 / "model_index.json").is_file():
+            command = [sys.executable, "-m", "diffrt", "quantize", str(deep), str(int8), "--force"]
+            notes["quantize_s"] = round(run(command, "quantizing with diffrt quantize"), 1)
+    if "int8-tinyvae" in wanted:
+        packages["int8-tinyvae"] = view = package.parent / f"{package.name}-int8-tinyvae"
+        if not (view / "model_index.json").is_file():
+            view.mkdir(parents=True, exist_ok=True)
+            for entry in packages["int8"].iterdir():
+                if entry.name not in ("vae_decoder", "vae_encoder", "vae_decoder_preview"):
+                    (view / entry.name).symlink_to(entry.resolve())
+            (view / "vae_decoder").symlink_to((packages["int8"] / "vae_decoder_preview").resolve())
+    return packages
+
+
 def warm_page_cache(folder: Path) -> None:
     """Read every file once, so that each backend's cold start finds its weights in the page cache alike."""
     for path in sorted(folder.rglob("*")):
@@ -280,6 +331,7 @@ def spawn(backend: str, model: Path, size: int, steps: int, warm: int, work: Pat
     result.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--model", str(model)]
     command += ["--size", str(size), "--steps", str(steps), "--warm", str(warm), "--result", str(result)]
+    command += ["--call", json.dumps(FAST.get(backend, (None, {}))[1])]
     # diffrt's ONNX Runtime engines cache optimized graphs; the benchmark keeps that cache in its own folder.
     env = {**os.environ, "DIFFRT_CACHE": str(work / "graph-cache")}
     busy, ours = machine_cpu_seconds(), own_cpu_seconds()
@@ -326,7 +378,7 @@ def run_backend(backend: str, model: Path, size: int, steps: int, warm: int, wor
             return {**row, "status": "skipped", "reason": f"openvino failed: {_last_line(str(error))}"}
         raise SystemExit(str(error)) from None
     restart: dict[str, Any] = {}
-    if backend == REFERENCE:
+    if backend in (REFERENCE, "diffrt_int8"):
         cache_bytes = sum(f.stat().st_size for f in (work / "graph-cache").rglob("*") if f.is_file())
         print(f"[bench] {backend} at {size}x{size}, restarted with the graph cache", flush=True)
         again = spawn(backend, model, size, steps, 0, work, tag="-restart")
@@ -368,12 +420,73 @@ def _last_line(text: str) -> str:
 
 
 def image_differences(rows: list[dict[str, Any]]) -> None:
-    """Same weights and same noise: each peer's image against diffrt's, as the largest 8-bit pixel difference."""
+    """Same weights and same noise: each image against diffrt's exact one, as the largest 8-bit pixel difference and
+    as PSNR (dB; what a fast mode costs in quality)."""
     reference = {r["size"]: np.load(r["image"]) for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"}
     for row in rows:
         if row["status"] == "ok":
             image = np.load(row.pop("image")).astype(np.int16)
-            row["max_pixel_diff_vs_diffrt"] = int(np.abs(image - reference[row["size"]]).max())
+            diff = image - reference[row["size"]]
+            row["max_pixel_diff_vs_diffrt"] = int(np.abs(diff).max())
+            row["psnr_vs_exact_db"] = psnr(diff)
+
+
+def psnr(diff: np.ndarray) -> float | None:
+    """PSNR in dB of an 8-bit difference image; None (identical) when it is all zero."""
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    return None if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+
+
+def lowest_ratio(peer: dict[str, Any], ours: dict[str, Any]) -> float:
+    """peer / ours end to end, per repetition (warm call i against warm call i), the lowest of them."""
+    pairs = zip(peer["end_to_end_all_s"], ours["end_to_end_all_s"])
+    return round(min(theirs / mine for theirs, mine in pairs), 2)
+
+
+def fast_ratios(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """For each fast mode and size: diffusers / mode and OpenVINO / mode end to end (the lower of the repetitions),
+    peak RSS, cold start and UNet step, and the quality it costs."""
+    found = {(r["backend"], r["size"]): r for r in rows if r["status"] == "ok"}
+    out: dict[str, Any] = {}
+    for mode in [REFERENCE, *FAST]:
+        for size in (f"{s}x{s}" for s in sizes):
+            ours = found.get((mode, size))
+            if ours is None:
+                continue
+            entry: dict[str, Any] = {"psnr_vs_exact_db": ours.get("psnr_vs_exact_db")}
+            for peer in PEERS:
+                theirs = found.get((peer, size))
+                if theirs is None:
+                    continue
+                entry[f"{peer}_end_to_end"] = lowest_ratio(theirs, ours)
+                entry[f"{peer}_peak_rss"] = round(theirs["peak_rss_gb"] / ours["peak_rss_gb"], 2)
+                entry[f"{peer}_cold_start"] = round(theirs["cold_start_s"] / ours["cold_start_s"], 2)
+                entry[f"{peer}_unet_step"] = round(theirs["unet_step_median_s"] / ours["unet_step_median_s"], 2)
+            out.setdefault(mode, {})[size] = entry
+    return out
+
+
+def fast_table(report: dict[str, Any]) -> str:
+    lines = [
+        "| diffrt mode | size | diffusers / mode, end to end (lower of reps) | OpenVINO / mode | peak RSS: diffusers "
+        "/ mode | cold start: diffusers / mode | PSNR vs exact fp32, dB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, by_size in report["fast_ratios"].items():
+        for size, e in by_size.items():
+            quality = (
+                "exact"
+                if mode == REFERENCE
+                else ("identical" if e["psnr_vs_exact_db"] is None else f"{e['psnr_vs_exact_db']:.1f}")
+            )
+            if mode.endswith("tinyvae"):
+                quality += " (random-weight tiny VAE: see QUALITY.md)"
+            lines.append(
+                f"| {mode} | {size} | {e.get('diffusers_torch_end_to_end', '—')}× | "
+                f"{e.get('openvino_cpu_end_to_end', '—')}× | {e.get('diffusers_torch_peak_rss', '—')}× | "
+                f"{e.get('diffusers_torch_cold_start', '—')}× | {quality} |"
+            )
+    return "\n".join(lines)
 
 
 def ratios(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
@@ -562,6 +675,10 @@ def history_section(report: dict[str, Any]) -> str:
             "",
             table(report["rows"]),
             "",
+            "Fast modes (ratios per repetition, the lower reported; quality against diffrt's exact image, same noise):",
+            "",
+            fast_table(report),
+            "",
             f"{s['warm']} warm call(s) after the cold one per backend and size; UNet steps pooled over the warm calls "
             f"({s['scheduler']}, guidance {s['guidance_scale']}, UNet batch {s['unet_batch']}). "
             f"Raw rows: `results/latest.json` as of this run. CPU share other processes took while each child ran: "
@@ -635,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", help='markdown history to prepend to (default benchmarks/RESULTS.md; "" = none)')
     # The child process (one backend x size); not for direct use.
     parser.add_argument("--child", choices=list(BACKENDS), help=argparse.SUPPRESS)
-    for hidden in ("--model", "--result", "--image"):
+    for hidden in ("--model", "--result", "--image", "--call"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
@@ -659,15 +776,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (work if args.tiny else BENCH / "results") / "latest.json"
     history = args.history if args.history is not None else ("" if args.tiny else str(BENCH / "RESULTS.md"))
     source, package, notes = prepare(args, work)
+    packages = prepare_fast(source, package, backends, notes)
     if "diffusers_torch" in backends and source is None:
         raise SystemExit("diffusers_torch needs the diffusers folder: give --source with --package.")
-    for folder in (package, source):
+    for folder in (*packages.values(), source):
         if folder is not None:
             warm_page_cache(folder)
     rows = []
     for size in sizes:
         for backend in backends:
-            model = source if backend == "diffusers_torch" else package
+            model = source if backend == "diffusers_torch" else packages[FAST.get(backend, ("plain",))[0]]
             rows.append(run_backend(backend, model, size, steps, warm, work))
     image_differences(rows)
     report = {
@@ -694,10 +812,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
         "ratios": ratios(rows, sizes),
+        "fast_ratios": fast_ratios(rows, sizes),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print("\n" + table(rows) + "\n\n" + headline(report) + f"\n\n({out})")
+    print("\n" + table(rows) + "\n\n" + fast_table(report) + "\n\n" + headline(report) + f"\n\n({out})")
     if history:
         record_history(Path(history), history_section(report))
         print(f"(history: {history})")

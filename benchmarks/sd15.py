@@ -59,6 +59,32 @@ def build_source(folder: Path) -> Path:
     return folder
 
 
+def build_tiny_vae(source: Path, folder: Path, seed: int = 0) -> Path:
+    """A TAESD-shaped ``AutoencoderTiny`` (diffusers' defaults: 64 channels, blocks (1, 3, 3, 3) / (3, 3, 3, 1))
+    matching the VAE of ``source`` (latent channels, scale factor), seeded random weights, written to ``folder``
+    unless already there. It costs what TAESD costs; its pictures mean nothing (random weights)."""
+    import json
+    import math
+
+    import torch
+    from diffusers import AutoencoderTiny
+
+    if (folder / "config.json").is_file():
+        return folder
+    vae = json.loads((source / "vae" / "config.json").read_text())
+    stages = int(math.log2(2 ** (len(vae["block_out_channels"]) - 1)))
+    torch.manual_seed(seed)
+    tiny = AutoencoderTiny(
+        latent_channels=vae.get("latent_channels", 4),
+        encoder_block_out_channels=(64,) * (stages + 1),
+        decoder_block_out_channels=(64,) * (stages + 1),
+        num_encoder_blocks=(1,) + (3,) * stages,
+        num_decoder_blocks=(3,) * stages + (1,),
+    )
+    tiny.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 

@@ -117,12 +117,37 @@ def _add_tokenize(p: argparse.ArgumentParser) -> None:
 
 def _add_export(p: argparse.ArgumentParser) -> None:
     from diffrt.export.cli import add_arguments
+    from diffrt.runtime.quantize import add_arguments as add_quantize_arguments
 
     add_arguments(p)
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="then quantize the UNet to int8 for the CPU, calibrated by running the exported pipeline (as `diffrt "
+        "quantize OUT OUT` does)",
+    )
+    add_quantize_arguments(p, export=True)
 
 
 def _export(args: argparse.Namespace) -> int:
     from diffrt.export.cli import run
+
+    status = run(args)
+    if status == 0 and args.quantize:
+        from diffrt.runtime.quantize import run_from_args
+
+        status = run_from_args(args, args.out, args.out)
+    return status
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    from diffrt.runtime.quantize import add_arguments
+
+    add_arguments(p)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from diffrt.runtime.quantize import run
 
     return run(args)
 
@@ -182,6 +207,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "tokenize": ("print CLIP token ids of a prompt", _add_tokenize, _tokenize),
     "export": ("export a diffusers folder or single-file checkpoint to an engine package", _add_export, _export),
     "generate": ("generate images with an engine package (torch-free)", _add_generate, _generate),
+    "quantize": (
+        "make a package's UNet int8 for the CPU, calibrated by its own pipeline (torch-free)",
+        _add_quantize,
+        _quantize,
+    ),
     "lora": ("swap LoRA adapters in an exported package without re-tracing", _add_lora, _lora),
     "engines": ("build, inspect and refit TensorRT plans of a package", _add_engines, _engines),
     "serve": ("serve packages over HTTP: OpenAI and AUTOMATIC1111 APIs, jobs, metrics", _add_serve, _serve),

@@ -30,6 +30,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=4, help="most images per call the package is built for (default 4)")
     p.add_argument("--no-check", action="store_true", help="skip comparing each graph with its torch module")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--vae",
+        metavar="DIR",
+        help="export this diffusers VAE folder (AutoencoderKL, or AutoencoderTiny for a fast decode) instead of the "
+        "source's VAE, as `pipe.vae = ...` does in diffusers",
+    )
+    p.add_argument(
+        "--preview-vae",
+        metavar="DIR",
+        help="also export this AutoencoderTiny folder's decoder (vae_decoder_preview/), used for progress previews",
+    )
+    p.add_argument(
+        "--deepcache",
+        action="store_true",
+        help="also export the UNet's shallow path (DeepCache), so `generate --cache-interval N` reuses its deep "
+        "features between full steps",
+    )
     add_lora_argument(p, "fuse a LoRA adapter into the UNet / text encoder(s) before tracing")
     p.add_argument(
         "--lora-slots",
@@ -79,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
     loras = _lora_specs(args.lora)
     # Refuse a bad output before reading anything (export_package checks again against every file it reads).
-    check_output(args.out, args.force, [args.source, *filter(None, [args.config]), *(s.path for s in loras)])
+    vaes = [getattr(args, "vae", None), getattr(args, "preview_vae", None)]
+    check_output(args.out, args.force, [args.source, *filter(None, [args.config, *vaes]), *(s.path for s in loras)])
     print(f"reading {args.source}", file=sys.stderr, flush=True)
     from .package import ExportOptions, export_package
     from .source import load_source
@@ -92,9 +110,17 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         loras=loras,
         lora_slots=args.lora_slots,
+        deepcache=args.deepcache,
         allow_pickle=args.allow_pickle,
     )
     source = load_source(args.source, config_dir=args.config, allow_pickle=args.allow_pickle, variant=args.variant)
+    if any(vaes):
+        from .vae_swap import add_preview_vae, replace_vae
+
+        if vaes[0]:
+            source = replace_vae(source, vaes[0], allow_pickle=args.allow_pickle)
+        if vaes[1]:
+            source = add_preview_vae(source, vaes[1], allow_pickle=args.allow_pickle)
     for note in source.notes:
         print(f"  note: {note}", file=sys.stderr)
     print(f"exporting {source.pipeline_class} to {args.out}", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from diffrt.runtime import networks
-from diffrt.runtime.errors import CheckpointError
+from diffrt.runtime.errors import CheckpointError, ConfigError
 from diffrt.runtime.networks import Network
 
 from .onnx_export import GraphModule
@@ -58,19 +58,32 @@ def own_model(model_class, config: dict[str, Any], state_dict: dict[str, torch.T
 
 
 def build_unet(
-    component: Component, scale_factor: int, text_embeds_dim: int | None = None
-) -> tuple[Network, torch.nn.Module]:
-    """The UNet; ``text_embeds_dim`` (text_encoder_2's projection_dim) is needed by SDXL's text_time UNets."""
+    component: Component, scale_factor: int, text_embeds_dim: int | None = None, deepcache: bool = False
+) -> list[tuple[Network, torch.nn.Module]]:
+    """The UNet; ``text_embeds_dim`` (text_encoder_2's projection_dim) is needed by SDXL's text_time UNets.
+
+    ``deepcache``: the UNet also returns each DeepCache branch's deep features, and each branch gets its shallow
+    UNet (``unet_shallow_{b}``), which shares the UNet's weights (:meth:`UNet2DConditionModel.shallow`)."""
     from .models import UNet2DConditionModel, UNet2DModel
 
     config = component.config
     if component.class_name == "UNet2DModel":
+        if deepcache:
+            raise ConfigError(
+                "--deepcache needs a text-conditioned UNet (UNet2DConditionModel: Stable Diffusion 1.x/2.x/XL); "
+                "this checkpoint's UNet is an unconditional UNet2DModel (DDPM): export it without --deepcache."
+            )
         model = own_model(UNet2DModel, config, component.load_weights(), "unet")
         network = networks.unconditional_unet_network(config)
-        return network, GraphModule(model, network, _call_unconditional)
+        return [(network, GraphModule(model, network, _call_unconditional))]
     model = own_model(UNet2DConditionModel, config, component.load_weights(), "unet")
-    network = networks.unet_network(config, scale_factor, text_embeds_dim=text_embeds_dim)
-    return network, GraphModule(model, network, _call_conditional)
+    branches = networks.deepcache_branches(config) if deepcache else ()
+    network = networks.unet_network(config, scale_factor, text_embeds_dim=text_embeds_dim, deepcache_branches=branches)
+    pairs = [(network, GraphModule(model, network, _with_deep_features(branches)))]
+    for branch in branches:
+        shallow = networks.unet_shallow_network(config, scale_factor, branch, text_embeds_dim=text_embeds_dim)
+        pairs.append((shallow, GraphModule(model, shallow, _shallow(branch))))
+    return pairs
 
 
 def _call_conditional(
@@ -95,20 +108,51 @@ def _call_conditional(
     return (out,)
 
 
+def _with_deep_features(branches: tuple[int, ...]):
+    """The UNet graph's call: ``out_sample``, then ``deep_features.{b}`` per DeepCache branch (none: the plain UNet)."""
+    if not branches:
+        return _call_conditional
+
+    def call(model, sample, timestep, encoder_hidden_states, **conditioning):
+        out, features = model.with_deep_features(sample, timestep, encoder_hidden_states, branches, **conditioning)
+        return (out, *features)
+
+    return call
+
+
+def _shallow(branch: int):
+    def call(model, sample, timestep, encoder_hidden_states, deep_features, **conditioning):
+        return (model.shallow(sample, timestep, encoder_hidden_states, deep_features, branch, **conditioning),)
+
+    return call
+
+
 def _call_unconditional(model, sample, timestep, class_labels=None):
     return (model(sample, timestep, class_labels=class_labels),)
 
 
 def build_vae(component: Component, scale_factor: int) -> list[tuple[Network, torch.nn.Module]]:
-    from .models import AutoencoderKL
+    """The VAE's encoder and decoder graphs: an AutoencoderKL's (posterior parameters out) or an AutoencoderTiny's
+    (latents out)."""
+    from .models import AutoencoderKL, AutoencoderTiny
 
-    model = own_model(AutoencoderKL, component.config, component.load_weights(), "vae")
+    model_class = AutoencoderTiny if networks.is_tiny_vae(component.config) else AutoencoderKL
+    model = own_model(model_class, component.config, component.load_weights(), "vae")
     encoder = networks.vae_encoder_network(component.config, scale_factor)
     decoder = networks.vae_decoder_network(component.config, scale_factor)
     return [
         (encoder, GraphModule(model, encoder, lambda m, sample: (m.encode(sample),))),
         (decoder, GraphModule(model, decoder, lambda m, latent_sample: (m.decode(latent_sample),))),
     ]
+
+
+def build_preview_decoder(component: Component, scale_factor: int) -> tuple[Network, torch.nn.Module]:
+    """A tiny VAE's decoder alone, as the package's progress-preview graph (``vae_decoder_preview``)."""
+    from .models import AutoencoderTiny
+
+    model = own_model(AutoencoderTiny, component.config, component.load_weights(), "preview vae")
+    decoder = networks.preview_decoder_network(component.config, scale_factor)
+    return decoder, GraphModule(model, decoder, lambda m, latent_sample: (m.decode(latent_sample),))
 
 
 TEXT_ENCODER_PREFIX = "text_model."
@@ -172,8 +216,9 @@ def build_depth_estimator(component: Component, preprocessor: dict[str, Any]) ->
     return network, GraphModule(model, network, lambda m, pixel_values: (m(pixel_values=pixel_values).predicted_depth,))
 
 
-def build_networks(source: Source) -> list[tuple[str, Any]]:
-    """(network name, builder) pairs in export order; each builder returns [(Network, module), ...]."""
+def build_networks(source: Source, deepcache: bool = False) -> list[tuple[str, Any]]:
+    """(network name, builder) pairs in export order; each builder returns [(Network, module), ...].
+    ``deepcache`` adds the UNet's DeepCache outputs and shallow graphs (see :func:`build_unet`)."""
     comps = source.components
     scale = source.scale_factor
     plan: list[tuple[str, Any]] = []
@@ -181,9 +226,11 @@ def build_networks(source: Source) -> list[tuple[str, Any]]:
         if name in comps:
             plan.append((name, lambda name=name: [build_text_encoder(comps[name])]))
     text_embeds_dim = comps["text_encoder_2"].config.get("projection_dim") if "text_encoder_2" in comps else None
-    plan.append(("unet", lambda: [build_unet(comps["unet"], scale, text_embeds_dim)]))
+    plan.append(("unet", lambda: build_unet(comps["unet"], scale, text_embeds_dim, deepcache)))
     if "vae" in comps:
         plan.append(("vae", lambda: build_vae(comps["vae"], scale)))
+    if source.preview_vae is not None:
+        plan.append((networks.PREVIEW_DECODER, lambda: [build_preview_decoder(source.preview_vae, scale)]))
     if "depth_estimator" in comps:
         plan.append(
             (

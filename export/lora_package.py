@@ -149,6 +149,16 @@ def apply_loras(
         raise PackageError(
             f"{package} is not a diffrt engine package (no {PROVENANCE_NAME}); export one with `diffrt export`."
         )
+    if json.loads(provenance_path.read_text()).get("quantization"):
+        raise PackageError(
+            f"{package} is quantized (int8, `diffrt quantize`): its weights are no longer the float ones a LoRA is "
+            "added to; accepted: apply the adapters to the float package, then quantize the result."
+        )
+    if (json.loads(provenance_path.read_text()).get("export") or {}).get("deepcache"):
+        raise PackageError(
+            f"{package} was exported with --deepcache, and `diffrt lora apply` does not rewrite its shallow UNets "
+            "(unet_shallow_*); accepted: export it again with the adapters fused (--deepcache --lora FILE[:WEIGHT])."
+        )
     check_output(out, force, [package, *(spec.path for spec in specs)], in_place=package)
     with writing(out):
         return _apply(package, out, specs, allow_pickle, progress, start)

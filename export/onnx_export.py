@@ -95,17 +95,44 @@ def export_graph(
         traced_bytes = sum(p.stat().st_size for p in Path(scratch).iterdir())
         external = traced_bytes > external_data_threshold
         target = folder / MODEL_FILE
-        proto = onnx.load(str(traced), load_external_data=True) if external or map_weights else None
+        proto = onnx.load(str(traced), load_external_data=True)
+        dims = network.dims(*trace_size[:3], **_extra(trace_size))
+        declared = _declare_dropped_inputs(proto, network, dims, network.dynamic_axes(static_size=static_size))
         if map_weights:
             write_weights_map(proto, module, folder)
-        if external:
-            save_graph(proto, target, external=True)
+        if external or declared:
+            save_graph(proto, target, external=external)
         else:
             shutil.move(traced, target)
         del proto
     onnx.checker.check_model(str(target))
     size = sum(p.stat().st_size for p in folder.glob(f"{MODEL_FILE}*"))
     return GraphReport(network.name, target, size, time.perf_counter() - start, external)
+
+
+def _declare_dropped_inputs(proto, network: Network, dims: dict[str, int], axes: dict[str, dict[int, str]]) -> bool:
+    """Give the graph back the inputs of its contract that the trace dropped because nothing reads them (a DeepCache
+    shallow UNet whose outer layers have no cross-attention never reads the text), in the contract's order, so
+    every graph takes its whole contract's feeds. True when one was missing."""
+    from onnx import helper
+
+    present = {value.name: value for value in proto.graph.input}
+    if all(name in present for name in network.input_names):
+        return False
+    inputs = []
+    for spec in network.inputs:
+        if spec.name in present:
+            inputs.append(present.pop(spec.name))
+            continue
+        named = axes.get(spec.name, {})
+        shape = [named.get(i, size) for i, size in enumerate(spec.resolve(dims))]
+        inputs.append(
+            helper.make_tensor_value_info(spec.name, helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), shape)
+        )
+    inputs.extend(present.values())  # anything else the graph takes stays, after the contract's inputs
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
+    return True
 
 
 def _extra(size: tuple) -> dict[str, int]:

@@ -53,12 +53,20 @@ class ExportOptions:
     lora_slots: int | None = None
     """Give the UNet and text encoders LoRA slots (:mod:`diffrt.kernels.lora_slots`) for adapters chosen at run
     time, the number being the most summed rank one call may feed a weight; None: no slots."""
+    deepcache: bool = False
+    """Also export DeepCache's shallow UNets (``unet_shallow_{b}``) and give the UNet their deep features as outputs,
+    so calls may skip the deep UNet between full steps (``cache_interval``)."""
 
     def __post_init__(self) -> None:
         self.loras = tuple(LoraSpec.parse(s) if isinstance(s, str) else s for s in self.loras)
         slots = self.lora_slots
         if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
             raise ConfigError(f"lora_slots={slots!r} is not accepted; give None or the most rank (an int >= 1).")
+        if self.deepcache and slots is not None:
+            raise ConfigError(
+                "--deepcache cannot be combined with --lora-slots (the shallow UNets have no slots); accepted: "
+                "--deepcache with adapters fused at export (--lora FILE), or --lora-slots without --deepcache."
+            )
         if self.batch < 1:
             raise ConfigError(f"batch={self.batch} must be at least 1.")
         if not 14 <= self.opset <= 20:
@@ -104,6 +112,11 @@ def _export(source: Source, out: Path, options: ExportOptions, progress: Progres
     from .video_package import export_video, is_video
 
     if is_video(source):
+        if options.deepcache:
+            raise ConfigError(
+                f"--deepcache applies to Stable Diffusion UNets; {source.pipeline_class} has a transformer: "
+                "export it without --deepcache."
+            )
         if options.loras:
             from .video_lora import fuse_into_video_source
 
@@ -119,7 +132,7 @@ def _export(source: Source, out: Path, options: ExportOptions, progress: Progres
         source = fused.source
     report = PackageReport(out, source.pipeline_class, notes=list(source.notes))
     with staged_folder(out) as staging:
-        for group, build in build_networks(source):
+        for group, build in build_networks(source, deepcache=options.deepcache):
             progress(group, "loading weights")
             pairs = build()
             exported: list[tuple[GraphReport, Any, list[Reference]]] = []
@@ -204,6 +217,8 @@ def _write_support_files(
                 "vae: force_upcast is set (the VAE overflows in fp16), so vae_encoder and vae_decoder run in fp32 "
                 "on GPUs under precision auto"
             )
+    if source.preview_vae is not None:  # not in model_index.json: no diffusers pipeline has such a component
+        _write_json(staging / source.preview_vae.name / CONFIG_NAME, source.preview_vae.config)
     if "depth_estimator" in comps:
         _write_json(staging / "depth_estimator" / CONFIG_NAME, comps["depth_estimator"].config)
         _write_json(staging / "depth_estimator" / "preprocessor_config.json", source.preprocessor_config or {})

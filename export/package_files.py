@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..runtime.networks import deepcache_branches
 from . import weights
 from .onnx_export import GraphReport
 
@@ -50,6 +51,8 @@ def _provenance(  # source: a Source, shape_range: a ShapeRange, options: Export
     import onnx
     import torch
 
+    from .vae_swap import vae_provenance
+
     root = source.path if source.path.is_dir() else source.path.parent
     files = {}
     for path in source.files:
@@ -65,11 +68,13 @@ def _provenance(  # source: a Source, shape_range: a ShapeRange, options: Export
         "source": {"path": str(source.path), "kind": source.kind, "sha256": files},
         "notes": report.notes,
         "loras": loras,
+        **vae_provenance(source),
         "export": {
             "opset": options.opset,
             "static": list(options.static) if options.static else None,
             "batch": options.batch,
             "lora_slots": {"rank_max": options.lora_slots} if options.lora_slots is not None else None,
+            "deepcache": _deepcache(source, options),
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "python": platform.python_version(),
@@ -92,3 +97,10 @@ def _provenance(  # source: a Source, shape_range: a ShapeRange, options: Export
             for g in report.graphs
         },
     }
+
+
+def _deepcache(source: Any, options: Any) -> dict[str, list[int]] | None:
+    """What the runtime reads to offer ``cache_interval``: the DeepCache branches with a ``unet_shallow_{b}``."""
+    if not getattr(options, "deepcache", False):
+        return None
+    return {"branches": list(deepcache_branches(source.components["unet"].config))}

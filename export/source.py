@@ -49,7 +49,7 @@ DEFAULT_PAD_TOKENS = {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}
 SKIPPED = ("safety_checker", "feature_extractor", "image_encoder")
 MODEL_CLASSES = {
     "unet": ("UNet2DConditionModel", "UNet2DModel"),
-    "vae": ("AutoencoderKL", "AutoencoderKLCogVideoX"),
+    "vae": ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLCogVideoX"),
     "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"),
     "transformer": ("CogVideoXTransformer3DModel",),
     "text_encoder_2": ("CLIPTextModelWithProjection",),
@@ -85,6 +85,11 @@ class Source:
     tokenizer_2_pad_token: str = "!"
     pipeline_config: dict[str, Any] = field(default_factory=dict)
     """Pipeline settings from model_index.json (SDXL: force_zeros_for_empty_prompt, requires_aesthetics_score)."""
+    vae_folder: Path | None = None
+    """The VAE folder that replaced the source's own VAE (``diffrt export --vae``); None: the source's."""
+    preview_vae: Component | None = None
+    """An AutoencoderTiny whose decoder the package carries for progress previews (``--preview-vae``)."""
+    preview_vae_folder: Path | None = None
 
     def tokenizer(self, folder: str) -> tuple[dict[str, Path], str]:
         """The files (empty: generate them) and pad token of tokenizer folder ``folder`` ("tokenizer"/"tokenizer_2")."""
@@ -145,6 +150,10 @@ def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
             )
         folder = root / name
         config = weights.read_json(folder / CONFIG_NAME)
+        if class_name == "AutoencoderTiny":  # completed as diffusers holds it: pipelines size images from it
+            from .models.autoencoder_tiny import tiny_config
+
+            config = tiny_config(config, str(folder))
         components[name] = Component(name, class_name, config, _folder_loader(folder, variant, allow_pickle))
         files.append(folder / CONFIG_NAME)
         files.extend(weights.component_weight_files(folder, variant=variant))

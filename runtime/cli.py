@@ -38,6 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", metavar="NAME", help="scheduler class to use instead of the package's")
     p.add_argument("--num-images", type=int, default=1, help="images to make for the prompt (default 1)")
     p.add_argument(
+        "--cache-interval",
+        type=int,
+        metavar="N",
+        help="DeepCache: run the whole UNet every N steps and only its shallow path in between (a package exported "
+        "with --deepcache; default: the whole UNet every step)",
+    )
+    p.add_argument(
+        "--cache-branch", type=int, default=0, metavar="B", help="DeepCache branch, 0 (fastest) to 2 (default 0)"
+    )
+    p.add_argument(
         "--lora",
         action="append",
         default=[],
@@ -196,25 +206,11 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         kwargs["num_inference_steps"] = args.steps
     if isinstance(pipe, DDPMPipeline):
+        if args.cache_interval is not None:
+            raise ConfigError("--cache-interval applies to Stable Diffusion packages, not to DDPM's UNet.")
         kwargs["batch_size"] = args.num_images
     else:
-        kwargs.update(prompt=args.prompt, negative_prompt=args.negative, num_images_per_prompt=args.num_images)
-        if args.guidance is not None:
-            kwargs["guidance_scale"] = args.guidance
-        if adapters:
-            kwargs["adapters"] = adapters
-        if isinstance(pipe, StableDiffusionXLBase):
-            kwargs.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2)
-        if args.image is not None:
-            kwargs["image"] = _open_image(args.image, "--image", budget).convert("RGB")
-        if args.mask is not None:
-            kwargs["mask_image"] = _open_image(args.mask, "--mask", budget)
-        if args.strength is not None:
-            kwargs["strength"] = args.strength
-        if args.size is not None:
-            if args.image is not None and args.mask is None:
-                raise ConfigError("--size does not apply to image-to-image: the output takes --image's size.")
-            kwargs["height"], kwargs["width"] = args.size
+        kwargs.update(prompt_kwargs(args, pipe, adapters, budget))
     pipe.set_progress_bar_config(desc=task)
     start = time.perf_counter()
     images = pipe(**kwargs).images
@@ -233,6 +229,33 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def prompt_kwargs(args: argparse.Namespace, pipe, adapters: dict[str, float], budget: int) -> dict:
+    """The call arguments of a Stable Diffusion pipeline from the command line's flags (images opened within the
+    pixel ``budget``)."""
+    from .errors import ConfigError
+    from .pipelines.stable_diffusion_xl import StableDiffusionXLBase
+
+    kwargs: dict = dict(prompt=args.prompt, negative_prompt=args.negative, num_images_per_prompt=args.num_images)
+    if args.guidance is not None:
+        kwargs["guidance_scale"] = args.guidance
+    if adapters:
+        kwargs["adapters"] = adapters
+    if isinstance(pipe, StableDiffusionXLBase):
+        kwargs.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2)
+    if args.image is not None:
+        kwargs["image"] = _open_image(args.image, "--image", budget).convert("RGB")
+    if args.mask is not None:
+        kwargs["mask_image"] = _open_image(args.mask, "--mask", budget)
+    if args.strength is not None:
+        kwargs["strength"] = args.strength
+    if args.size is not None:
+        if args.image is not None and args.mask is None:
+            raise ConfigError("--size does not apply to image-to-image: the output takes --image's size.")
+        kwargs["height"], kwargs["width"] = args.size
+    kwargs.update(cache_interval=args.cache_interval, cache_branch=args.cache_branch)
+    return kwargs
 
 
 def load_adapters(pipe, values: list[str]) -> dict[str, float]:
@@ -289,6 +312,8 @@ def run_video(args: argparse.Namespace, package, limits, start: float) -> int:
 
     if args.out.suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"--out {str(args.out)!r} is not a video file; accepted: {', '.join(VIDEO_SUFFIXES)}.")
+    if args.cache_interval is not None:
+        raise ConfigError("--cache-interval applies to Stable Diffusion packages, not to CogVideoX's transformer.")
     if args.prompt is None:
         raise ConfigError("prompt is missing; a CogVideoX package makes videos from a prompt.")
     if args.mask is not None:

@@ -14,7 +14,7 @@ Everything here is NumPy only: the runtime imports it without torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -188,7 +188,11 @@ def _f32(name: str, *shape: Dim) -> TensorSpec:
 
 
 def unet_network(
-    config: dict[str, Any], scale_factor: int, sequence_length: int = 77, text_embeds_dim: int | None = None
+    config: dict[str, Any],
+    scale_factor: int,
+    sequence_length: int = 77,
+    text_embeds_dim: int | None = None,
+    deepcache_branches: Sequence[int] = (),
 ) -> Network:
     """The conditional UNet: ``sample``, ``timestep`` (one per sample, (batch,)), ``encoder_hidden_states`` ->
     ``out_sample``. Per-sample timesteps let a server run requests at different steps in one UNet batch; packages
@@ -198,6 +202,9 @@ def unet_network(
     (``class_embed_type`` / ``num_class_embeds``), and for SDXL's ``addition_embed_type="text_time"`` the pooled
     ``text_embeds`` (batch, ``text_embeds_dim``: the second text encoder's ``projection_dim``) and ``time_ids``
     (batch, n): n = 6 for a base model (original size, crop corner, target size), 5 for a refiner.
+
+    ``deepcache_branches`` (packages exported with ``--deepcache``) add an output ``deep_features.{b}`` per branch:
+    what :func:`unet_shallow_network` ``b`` takes on the steps that follow (see :func:`deep_features_channels`).
     """
     latent = ("batch", config.get("in_channels", 4), "latent_height", "latent_width")
     inputs = [
@@ -211,14 +218,71 @@ def unet_network(
         inputs.append(_f32("timestep_cond", "batch", config["time_cond_proj_dim"]))
     inputs.extend(_class_label_inputs(config))
     out = ("batch", config.get("out_channels", 4), "latent_height", "latent_width")
+    features = [_deep_features(config, b, f"{DEEP_FEATURES}.{b}") for b in deepcache_branches]
     return Network(
         "unet",
         tuple(inputs),
-        (_f32("out_sample", *out),),
+        (_f32("out_sample", *out), *features),
         scale_factor=scale_factor,
         sequence_length=sequence_length,
         batch_multiplier=2,
     )
+
+
+# ----- DeepCache (Ma et al. 2023, "DeepCache: Accelerating Diffusion Models for Free"): the UNet's shallow path
+DEEP_FEATURES = "deep_features"
+
+
+def deepcache_branches(config: Mapping[str, Any]) -> tuple[int, ...]:
+    """The DeepCache branches (DeepCacheSDHelper's ``cache_branch_id`` 0, 1, 2: layers of the outermost block) a
+    UNet tells apart. Branch ``b`` keeps the last ``b + 1`` layers of the last up block (which has the first
+    down block's ``layers_per_block`` plus one), so from ``b = layers_per_block`` on it keeps the whole block
+    and higher branches are the same."""
+    return tuple(range(min(3, _first_block_layers(config) + 1)))
+
+
+def _first_block_layers(config: Mapping[str, Any]) -> int:
+    """Layers of the first down block; the last up block, which mirrors it, has one more."""
+    layers = config.get("layers_per_block", 2)
+    return layers if isinstance(layers, int) else layers[0]
+
+
+def deep_features_channels(config: Mapping[str, Any], branch: int) -> int:
+    """Channels of branch ``branch``'s deep features: the map entering the last up block's first kept layer (its
+    own width after its first layer; before, the output of the up block below, or of the mid block in a one-block
+    UNet)."""
+    channels = config.get("block_out_channels", (320, 640, 1280, 1280))
+    whole_block = branch >= _first_block_layers(config)
+    return channels[min(1, len(channels) - 1)] if whole_block else channels[0]
+
+
+def unet_shallow_name(branch: int) -> str:
+    """The package folder (and network name) of DeepCache branch ``branch``'s shallow UNet."""
+    return f"unet_shallow_{branch}"
+
+
+def unet_shallow_network(
+    config: dict[str, Any],
+    scale_factor: int,
+    branch: int,
+    sequence_length: int = 77,
+    text_embeds_dim: int | None = None,
+) -> Network:
+    """DeepCache's cheap step for ``branch``: the UNet's inputs plus ``deep_features`` (batch, C, latent_height,
+    latent_width), the full UNet's ``deep_features.{branch}`` from the last step that ran it -> ``out_sample``.
+    It runs the time embedding, ``conv_in``, the first ``branch`` layers of the first down block and the last
+    ``branch + 1`` layers of the last up block; nothing deeper."""
+    if branch not in deepcache_branches(config):
+        raise ConfigError(
+            f"DeepCache branch {branch!r} is not one this UNet has; accepted: {list(deepcache_branches(config))}."
+        )
+    unet = unet_network(config, scale_factor, sequence_length, text_embeds_dim)
+    features = _deep_features(config, branch, DEEP_FEATURES)
+    return replace(unet, name=unet_shallow_name(branch), inputs=(*unet.inputs, features))
+
+
+def _deep_features(config: Mapping[str, Any], branch: int, name: str) -> TensorSpec:
+    return _f32(name, "batch", deep_features_channels(config, branch), "latent_height", "latent_width")
 
 
 def _text_time_inputs(config: dict[str, Any], text_embeds_dim: int | None) -> list[TensorSpec]:
@@ -290,13 +354,26 @@ def text_encoder_network(config: dict[str, Any], name: str = "text_encoder", pro
     )
 
 
+TINY_VAE = "AutoencoderTiny"
+PREVIEW_DECODER = "vae_decoder_preview"
+
+
+def is_tiny_vae(config: Mapping[str, Any]) -> bool:
+    """Whether a VAE config is diffusers' ``AutoencoderTiny`` (TAESD): latents out of the encoder, no posterior."""
+    return config.get("_class_name") == TINY_VAE
+
+
 def vae_encoder_network(config: dict[str, Any], scale_factor: int) -> Network:
-    """``sample`` (pixels in [-1, 1]) -> ``latent_parameters``: posterior mean and log-variance."""
+    """``sample`` (pixels in [-1, 1]) -> ``latent_parameters``: posterior mean and log-variance (AutoencoderKL);
+    or -> ``latents``, the latents themselves, unscaled (AutoencoderTiny, which has no posterior)."""
     lc = config.get("latent_channels", 4)
+    output = _f32("latents", "batch", lc, "latent_height", "latent_width")
+    if not is_tiny_vae(config):
+        output = _f32("latent_parameters", "batch", 2 * lc, "latent_height", "latent_width")
     return Network(
         "vae_encoder",
         (_f32("sample", "batch", config.get("in_channels", 3), "height", "width"),),
-        (_f32("latent_parameters", "batch", 2 * lc, "latent_height", "latent_width"),),
+        (output,),
         scale_factor=scale_factor,
     )
 
@@ -310,6 +387,13 @@ def vae_decoder_network(config: dict[str, Any], scale_factor: int) -> Network:
         (_f32("sample", "batch", config.get("out_channels", 3), "height", "width"),),
         scale_factor=scale_factor,
     )
+
+
+def preview_decoder_network(config: dict[str, Any], scale_factor: int) -> Network:
+    """The decoder of a second, tiny VAE a package may carry for progress previews (``vae_decoder_preview/``):
+    :func:`vae_decoder_network`'s contract under its own name; its latents are the package VAE's, divided by the
+    preview VAE's scaling factor."""
+    return vae_decoder_network(config, scale_factor).with_name(PREVIEW_DECODER)
 
 
 def depth_estimator_network(input_size: tuple[int, int]) -> Network:

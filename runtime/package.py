@@ -17,7 +17,7 @@ from typing import Any
 from .adapters import LORA_NETWORKS, AdapterRegistry
 from .engines import Engine, SessionSettings, load_engine
 from .errors import PackageError
-from .networks import ShapeRange
+from .networks import ShapeRange, unet_shallow_name
 from .schedulers import Scheduler, scheduler_from_config
 from .schema import (
     CONFIG_NAME,
@@ -99,6 +99,22 @@ class EnginePackage:
                 f"{str(self.path / PROVENANCE_NAME)!r} has an unreadable shape_range ({error}); re-export the package."
             ) from None
 
+    @property
+    def deepcache_branches(self) -> tuple[int, ...]:
+        """The DeepCache branches this package has a shallow UNet for (``diffrt export --deepcache``, recorded in
+        ``diffrt.json``); empty when it has none."""
+        recorded = (self.provenance.get("export") or {}).get("deepcache") or {}
+        branches = recorded.get("branches") if isinstance(recorded, dict) else None
+        if not isinstance(branches, list) or not all(isinstance(b, int) for b in branches):
+            return ()
+        return tuple(b for b in branches if self.has(unet_shallow_name(b)))
+
+    @property
+    def quantized_networks(self) -> tuple[str, ...]:
+        """The graphs ``diffrt quantize`` made int8 (``diffrt.json``'s ``quantization``); empty for a float package."""
+        networks = (self.provenance.get("quantization") or {}).get("networks") or {}
+        return tuple(networks) if isinstance(networks, dict) else ()
+
     def has(self, network: str) -> bool:
         return (self.path / network / MODEL_FILE).is_file()
 
@@ -149,6 +165,8 @@ class EnginePackage:
         - Under ``precision="auto"`` the VAE encoder and decoder of an SDXL package stay fp32 when the VAE config sets
           ``force_upcast`` (SDXL's VAE overflows fp16; diffusers' SDXL pipelines upcast it the same way). diffusers'
           SD 1.x/2.x pipelines ignore the flag, which diffusers writes into every VAE config, so those VAEs keep fp16.
+        - Under ``precision="auto"`` an int8 graph (``diffrt quantize``) is not converted to fp16: its float parts
+          and the scales of its QDQ pairs stay fp32.
         - A CogVideoX package's VAE steps run without ONNX Runtime's memory patterns (one per frame count otherwise).
         - ``cuda_graph`` applies to the UNet only: it runs once per step, where kernel-launch overhead adds up; the
           other networks run once per call, and the text encoder's token handling (ArgMax over int64 ids) runs on
@@ -157,7 +175,9 @@ class EnginePackage:
         settings = self.session_settings
         changes: dict[str, Any] = {}
         if settings.precision == "auto" and (
-            network in FP32_NETWORKS or (network in VAE_NETWORKS and self.vae_force_upcast)
+            network in FP32_NETWORKS
+            or (network in VAE_NETWORKS and self.vae_force_upcast)
+            or network in self.quantized_networks
         ):
             changes["precision"] = "fp32"
         if settings.cuda_graph and network != "unet":

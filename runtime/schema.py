@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError, PackageError
-from .networks import vae_scale_factor
+from .networks import is_tiny_vae, vae_scale_factor
 
 INDEX_NAME = "model_index.json"
 PROVENANCE_NAME = "diffrt.json"
@@ -28,7 +28,16 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 SCHEDULER_CONFIG = ("scheduler", "scheduler_config.json")
 ENGINES_DIR = "engines"
-NETWORKS = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae_encoder", "vae_decoder", "depth_estimator")
+NETWORKS = (
+    "text_encoder",
+    "text_encoder_2",
+    "unet",
+    "transformer",
+    "vae_encoder",
+    "vae_decoder",
+    "vae_decoder_preview",
+    "depth_estimator",
+)
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
 LEARNED_POSITIONS = "pos_embedding.npy"  # a CogVideoX I2V transformer's learned position table, beside its graph
 OPTIMUM_PREFIX = "ORT"  # Optimum names its pipelines ORTStableDiffusionPipeline, ...
@@ -133,7 +142,8 @@ class UNetConfig(ComponentConfig):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class VaeConfig(ComponentConfig):
-    """An ``AutoencoderKL``'s config (the package splits it into vae_encoder/ and vae_decoder/, same file)."""
+    """A VAE's config (the package splits it into vae_encoder/ and vae_decoder/, same file): an ``AutoencoderKL``,
+    or an ``AutoencoderTiny`` (:attr:`is_tiny`, whose ``scaling_factor`` defaults to 1)."""
 
     latent_channels: int = 4
     scaling_factor: float = 0.18215
@@ -143,6 +153,18 @@ class VaeConfig(ComponentConfig):
     force_upcast: bool = False
 
     defaults = {"latent_channels": 4, "scaling_factor": 0.18215, "force_upcast": False}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> VaeConfig:
+        config = super().from_dict(raw)
+        if is_tiny_vae(config.raw) and config.raw.get("scaling_factor") is None:
+            config = cls(**{**_fields(config), "scaling_factor": 1.0})
+        return config
+
+    @property
+    def is_tiny(self) -> bool:
+        """diffusers' ``AutoencoderTiny`` (TAESD): its encoder gives latents, with no posterior to draw from."""
+        return is_tiny_vae(self.raw)
 
     @property
     def scale_factor(self) -> int:
@@ -193,6 +215,8 @@ class PackageConfigs:
     vae: VaeConfig
     text_encoder: TextEncoderConfig
     text_encoder_2: TextEncoderConfig
+    preview_vae: VaeConfig
+    """The config of the tiny VAE whose decoder draws progress previews (``vae_decoder_preview/``); empty if none."""
 
     @classmethod
     def read(cls, folder: Path) -> PackageConfigs:
@@ -206,6 +230,7 @@ class PackageConfigs:
             vae=VaeConfig.from_dict(config("vae_decoder") or config("vae_encoder")),
             text_encoder=TextEncoderConfig.from_dict(config("text_encoder")),
             text_encoder_2=TextEncoderConfig.from_dict(config("text_encoder_2")),
+            preview_vae=VaeConfig.from_dict(config("vae_decoder_preview")),
         )
 
 

@@ -17,6 +17,7 @@ from fixtures.digits import WORDS, to_sklearn, train_classifier
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "digits"
 LORA = MODEL / "bold_lora.safetensors"
+TINY_VAE = MODEL / "vae_tiny"  # distilled from the KL VAE by `make train-tiny-vae`
 PER_DIGIT = 8  # half with the numeral ("a handwritten digit 7"), half with the word ("a handwritten seven")
 STEPS, GUIDANCE, BATCH = 20, 4.0, 10
 
@@ -41,9 +42,11 @@ def ink_per_image(images: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
-    """The demo model exported as it is, with its LoRA at weight 1, and at weight 0."""
+    """The demo model exported as it is (with its tiny VAE as the preview decoder), with its LoRA at weight 1, and
+    at weight 0."""
     from diffrt.export.package import ExportOptions, export_package
     from diffrt.export.source import load_source
+    from diffrt.export.vae_swap import add_preview_vae
     from diffrt.runtime.lora import LoraSpec
 
     root = tmp_path_factory.mktemp("digits")
@@ -51,7 +54,8 @@ def packages(tmp_path_factory):
     out = {}
     for name, loras in (("base", ()), ("bold", (LoraSpec(LORA, 1.0),)), ("bold0", (LoraSpec(LORA, 0.0),))):
         out[name] = root / name
-        export_package(source, out[name], ExportOptions(batch=BATCH, check=False, loras=loras))
+        chosen = add_preview_vae(source, TINY_VAE) if name == "base" else source
+        export_package(chosen, out[name], ExportOptions(batch=BATCH, check=False, loras=loras))
     return out
 
 
@@ -86,6 +90,7 @@ def test_committed_weights_are_small_fp16_and_kohya():
         "text_encoder/model.safetensors",
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",
+        "vae_tiny/diffusion_pytorch_model.safetensors",
     }
     assert sum(f.stat().st_size for f in files) < 15 * 2**20
     for f in files:
@@ -106,6 +111,39 @@ def test_generated_digits_are_the_prompted_ones(generated, classifier):
     print(f"classifier: held-out {held_out:.3f}; generated {accuracy:.3f}; per digit {per_digit}")
     assert len(labels) >= 80
     assert accuracy >= 0.8, f"only {accuracy:.1%} of generated digits were recognised (per digit: {per_digit})"
+
+
+def test_tiny_vae_decodes_generated_digits_as_recognisably_as_the_kl_vae(packages, classifier):
+    """The fast decode: models/digits/vae_tiny (here the base package's preview decoder) against the KL VAE, on the
+    same 80 generated latents: the judge's accuracy within 2 points, pixels close."""
+    import time
+
+    from diffrt.runtime.pipelines import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(packages["base"], provider="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    prompts, labels = _prompts()
+    calls = [(i, prompts[s : s + BATCH]) for i, s in enumerate(range(0, len(prompts), BATCH))]
+    kwargs = dict(num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="latent")
+    latents = np.concatenate([pipe(chunk, generator=i, **kwargs).images for i, chunk in calls])
+    decoders = {"kl": lambda x: pipe.decode_latents(x, "np").images, "tiny": lambda x: pipe.decode_preview(x, "np")}
+    seconds, decoded = {}, {}
+    for name, decode in decoders.items():
+        decode(latents[:BATCH])  # sessions made and warm
+        start = time.perf_counter()
+        images = np.concatenate([decode(latents[s : s + BATCH]) for s in range(0, len(latents), BATCH)])
+        decoded[name] = (images * 255.0).round().clip(0, 255).astype(np.uint8)
+        seconds[name] = time.perf_counter() - start
+    model = classifier[0]
+    accuracy = {name: float((model.predict(to_sklearn(images)) == labels).mean()) for name, images in decoded.items()}
+    difference = np.abs(decoded["tiny"].astype(int) - decoded["kl"].astype(int))
+    print(
+        f"tiny VAE: accuracy {accuracy['tiny']:.3f} vs KL {accuracy['kl']:.3f}; pixel difference mean "
+        f"{difference.mean():.2f} max {difference.max()} (of 255); decode of 80: KL {seconds['kl'] * 1e3:.0f} ms, "
+        f"tiny {seconds['tiny'] * 1e3:.0f} ms"
+    )
+    assert accuracy["tiny"] >= accuracy["kl"] - 0.02
+    assert difference.mean() <= 8
 
 
 def test_bold_lora_thickens_strokes_and_weight_zero_changes_nothing(packages, generated, classifier):

@@ -217,3 +217,22 @@ def test_videos_are_generated_where_torch_cannot_be_imported(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"frames": [9, 9, 9], "read": 9, "size": [32, 32], "heavy": []}
+
+
+def test_a_package_is_quantized_where_torch_cannot_be_imported(packages, tmp_path):
+    out = tmp_path / "int8"
+    result = run_blocked(
+        f"""
+        import json, sys
+        from diffrt.cli import main
+        status = main(["quantize", {str(packages["sd1"])!r}, {str(out)!r}, "--calibration-steps", "1"])
+        from diffrt.runtime import StableDiffusionPipeline
+        pipe = StableDiffusionPipeline.from_pretrained({str(out)!r})
+        image = pipe("a cat", num_inference_steps=2, generator=0).images[0]
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "scipy"))
+        print(json.dumps({{"status": status, "size": list(image.size), "heavy": heavy}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"status": 0, "size": [32, 32], "heavy": []}
+    assert json.loads((out / "diffrt.json").read_text())["quantization"]["networks"]["unet"]["quantized_nodes"] > 0

@@ -12,6 +12,7 @@ from torch import nn
 
 from .autoencoder_cogvideox import AutoencoderKLCogVideoX
 from .autoencoder_kl import AutoencoderKL
+from .autoencoder_tiny import AutoencoderTiny
 from .cogvideox_transformer import CogVideoXTransformer3DModel
 from .config import NotSupportedError
 from .unet_2d import UNet2DModel
@@ -22,6 +23,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "UNet2DModel": UNet2DModel,
     "AutoencoderKL": AutoencoderKL,
     "AutoencoderKLCogVideoX": AutoencoderKLCogVideoX,
+    "AutoencoderTiny": AutoencoderTiny,
     "CogVideoXTransformer3DModel": CogVideoXTransformer3DModel,
 }
 
@@ -41,6 +43,7 @@ def model_class_for(class_name: str) -> type[nn.Module]:
 __all__ = [
     "AutoencoderKL",
     "AutoencoderKLCogVideoX",
+    "AutoencoderTiny",
     "CogVideoXTransformer3DModel",
     "MODEL_CLASSES",
     "NotSupportedError",

@@ -3,6 +3,7 @@ refiner variants)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -335,6 +336,88 @@ class UNet2DConditionModel(nn.Module):
         level), ``timestep_cond`` (B, time_cond_proj_dim) for guidance-embedding (LCM) configs, and for SDXL's
         ``text_time`` configs the pooled ``text_embeds`` (B, E) and ``time_ids`` (B, n) (sizes, crop, aesthetic
         score), which diffusers takes in ``added_cond_kwargs``."""
+        conditioning = dict(class_labels=class_labels, timestep_cond=timestep_cond)
+        conditioning.update(text_embeds=text_embeds, time_ids=time_ids)
+        return self.with_deep_features(sample, timestep, encoder_hidden_states, **conditioning)[0]
+
+    def with_deep_features(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        branches: Sequence[int] = (),
+        **conditioning: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward`'s prediction, and for each DeepCache branch of ``branches`` the deep features its
+        :meth:`shallow` path reuses on later steps: the map entering the last up block's layer
+        :meth:`deepcache_layer` (B, C, H, W). ``conditioning``: forward's optional inputs, by name."""
+        sample, emb = self._start(sample, timestep, **conditioning)
+        x = self.conv_in(sample)
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, emb, encoder_hidden_states)
+            skips.extend(block_skips)
+        if self.mid_block is not None:
+            x = self.mid_block(x, emb, encoder_hidden_states)
+        *upper, last = self.up_blocks
+        for block in upper:
+            count = len(block.resnets)
+            block_skips, skips = skips[-count:], skips[:-count]
+            upsample_size = skips[-1].shape[-2:] if skips else None
+            x = block(x, block_skips, emb, encoder_hidden_states, upsample_size)
+        # The last up block takes the remaining skips (conv_in's and the first down block's) and never upsamples.
+        if not branches:  # called whole, as forward has always traced it (node names included)
+            return self._out(last(x, skips, emb, encoder_hidden_states)), []
+        starts = {branch: self.deepcache_layer(branch) for branch in branches}
+        features = {}
+        for j, skip in enumerate(reversed(skips)):
+            features.update({branch: x for branch, start in starts.items() if start == j})
+            x = last.layer(j, x, skip, emb, encoder_hidden_states)
+        return self._out(x), [features[branch] for branch in branches]
+
+    def deepcache_layer(self, branch: int) -> int:
+        """The layer of the last up block where DeepCache branch ``branch`` (``cache_branch_id``, block 0) starts:
+        the last ``branch + 1`` layers run on every step (all of them once ``branch`` reaches the block's depth)."""
+        return max(0, len(self.up_blocks[-1].resnets) - 1 - branch)
+
+    def shallow(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        deep_features: torch.Tensor,
+        branch: int,
+        **conditioning: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """DeepCache's cheap step (Ma et al. 2023, "DeepCache: Accelerating Diffusion Models for Free")
+        for ``branch``: the time embedding, ``conv_in`` and the first down block's first ``branch`` layers run on
+        ``sample``; the last up block runs from layer :meth:`deepcache_layer` on, starting from ``deep_features``
+        (what :meth:`with_deep_features` returned at the last full step) and taking the fresh skips; everything
+        deeper is skipped. This is DeepCacheSDHelper's cached step for ``cache_branch_id=branch`` (< 3)."""
+        sample, emb = self._start(sample, timestep, **conditioning)
+        x = self.conv_in(sample)
+        skips = [x]
+        last = self.up_blocks[-1]
+        start = self.deepcache_layer(branch)
+        for i in range(len(last.resnets) - 1 - start):
+            x = self.down_blocks[0].layer(i, x, emb, encoder_hidden_states)
+            skips.append(x)
+        x = deep_features
+        for j in range(start, len(last.resnets)):
+            x = last.layer(j, x, skips[len(last.resnets) - 1 - j], emb, encoder_hidden_states)
+        return self._out(x)
+
+    def _start(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (centred, when the config says so) sample and the embedding every resnet takes: the timestep's, plus
+        the class and SDXL text_time embeddings."""
         dtype = self.conv_in.weight.dtype
         if self.center_input_sample:
             sample = 2 * sample - 1.0
@@ -352,20 +435,9 @@ class UNet2DConditionModel(nn.Module):
             emb = emb + self._text_time(text_embeds, time_ids, emb.dtype)
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
+        return sample, emb
 
-        x = self.conv_in(sample)
-        skips = [x]
-        for block in self.down_blocks:
-            x, block_skips = block(x, emb, encoder_hidden_states)
-            skips.extend(block_skips)
-        if self.mid_block is not None:
-            x = self.mid_block(x, emb, encoder_hidden_states)
-        for block in self.up_blocks:
-            count = len(block.resnets)
-            block_skips, skips = skips[-count:], skips[:-count]
-            upsample_size = skips[-1].shape[-2:] if skips else None
-            x = block(x, block_skips, emb, encoder_hidden_states, upsample_size)
-
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))
 
     def _text_time(self, text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None, dtype) -> torch.Tensor:

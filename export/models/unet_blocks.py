@@ -4,6 +4,8 @@ Every down block's ``forward(x, temb, context)`` returns ``(x, skips)``: the out
 in order. Every up block's ``forward(x, skips, temb, context, upsample_size)`` takes its skips in the same order
 (it uses them last first) and, when it upsamples, upsamples to ``upsample_size`` (the next skip's height and width).
 Blocks without attention to a context accept ``context`` and ignore it, so the UNets call all blocks alike.
+``layer(i, ...)`` runs one layer of a down or up block (its resnet, then its attention): DeepCache's shallow path
+runs only some layers of the outermost blocks (:meth:`UNet2DConditionModel.shallow`).
 """
 
 from __future__ import annotations
@@ -96,12 +98,18 @@ class DownBlock2D(nn.Module):
         skips.append(x)
         return x
 
+    def layer(
+        self, i: int, x: torch.Tensor, temb: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Layer ``i``: its resnet (then its attention, in the attention blocks); its output is skip ``i``."""
+        return self.resnets[i](x, temb)
+
     def forward(
         self, x: torch.Tensor, temb: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
-        for resnet in self.resnets:
-            x = resnet(x, temb)
+        for i in range(len(self.resnets)):
+            x = self.layer(i, x, temb, context)
             skips.append(x)
         return self._downsample(x, temb, skips), skips
 
@@ -123,12 +131,8 @@ class CrossAttnDownBlock2D(DownBlock2D):
         super().__init__(in_channels, out_channels, resnet, num_layers, add_downsample, downsample_padding)
         self.attentions = attention.transformers(out_channels, num_layers, resnet.groups)
 
-    def forward(self, x, temb=None, context=None):
-        skips = []
-        for resnet, attention in zip(self.resnets, self.attentions):
-            x = attention(resnet(x, temb), context)
-            skips.append(x)
-        return self._downsample(x, temb, skips), skips
+    def layer(self, i, x, temb=None, context=None):
+        return self.attentions[i](self.resnets[i](x, temb), context)
 
 
 class AttnDownBlock2D(DownBlock2D):
@@ -154,12 +158,8 @@ class AttnDownBlock2D(DownBlock2D):
         if downsample_type == "resnet":
             self.downsamplers = nn.ModuleList([ResnetBlock2D(out_channels, out_channels, resnet, down=True)])
 
-    def forward(self, x, temb=None, context=None):
-        skips = []
-        for resnet, attention in zip(self.resnets, self.attentions):
-            x = attention(resnet(x, temb))
-            skips.append(x)
-        return self._downsample(x, temb, skips), skips
+    def layer(self, i, x, temb=None, context=None):
+        return self.attentions[i](self.resnets[i](x, temb))
 
 
 class DownEncoderBlock2D(DownBlock2D):
@@ -208,6 +208,18 @@ class UpBlock2D(nn.Module):
             return self.upsamplers[0](x, size)
         return x
 
+    def layer(
+        self,
+        i: int,
+        x: torch.Tensor,
+        skip: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Layer ``i``: its resnet on the running map concatenated with ``skip`` (then its attention, in the
+        attention blocks)."""
+        return self.resnets[i](torch.cat([x, skip], dim=1), temb)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -216,8 +228,8 @@ class UpBlock2D(nn.Module):
         context: torch.Tensor | None = None,
         upsample_size: torch.Size | None = None,
     ) -> torch.Tensor:
-        for resnet, skip in zip(self.resnets, reversed(skips)):
-            x = resnet(torch.cat([x, skip], dim=1), temb)
+        for i, skip in enumerate(reversed(skips)):
+            x = self.layer(i, x, skip, temb, context)
         return self._upsample(x, temb, upsample_size)
 
 
@@ -238,10 +250,8 @@ class CrossAttnUpBlock2D(UpBlock2D):
         super().__init__(in_channels, prev_output_channel, out_channels, resnet, num_layers, add_upsample)
         self.attentions = attention.transformers(out_channels, num_layers, resnet.groups)
 
-    def forward(self, x, skips, temb=None, context=None, upsample_size=None):
-        for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips)):
-            x = attention(resnet(torch.cat([x, skip], dim=1), temb), context)
-        return self._upsample(x, temb, upsample_size)
+    def layer(self, i, x, skip, temb=None, context=None):
+        return self.attentions[i](self.resnets[i](torch.cat([x, skip], dim=1), temb), context)
 
 
 class AttnUpBlock2D(UpBlock2D):
@@ -264,10 +274,8 @@ class AttnUpBlock2D(UpBlock2D):
         if upsample_type == "resnet":
             self.upsamplers = nn.ModuleList([ResnetBlock2D(out_channels, out_channels, resnet, up=True)])
 
-    def forward(self, x, skips, temb=None, context=None, upsample_size=None):
-        for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips)):
-            x = attention(resnet(torch.cat([x, skip], dim=1), temb))
-        return self._upsample(x, temb, upsample_size)
+    def layer(self, i, x, skip, temb=None, context=None):
+        return self.attentions[i](self.resnets[i](torch.cat([x, skip], dim=1), temb))
 
 
 class UpDecoderBlock2D(nn.Module):

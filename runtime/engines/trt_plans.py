@@ -32,10 +32,12 @@ from typing import Any
 from ...staging import flush_to_disk, staged_file, write_file
 from ..errors import ConfigError, PackageError
 from ..networks import (
+    PREVIEW_DECODER,
     Network,
     ShapeRange,
     depth_estimator_network,
     depth_input_size,
+    preview_decoder_network,
     text_encoder_network,
     unconditional_unet_network,
     unet_network,
@@ -396,6 +398,8 @@ def network_for(package: str | os.PathLike, name: str) -> Network:
         return vae_encoder_network(config, scale)
     if name == "vae_decoder":
         return vae_decoder_network(config, scale)
+    if name == PREVIEW_DECODER:
+        return preview_decoder_network(config, scale)
     preprocessor = package / name / "preprocessor_config.json"
     return depth_estimator_network(depth_input_size(_read_json(preprocessor) if preprocessor.is_file() else {}))
 

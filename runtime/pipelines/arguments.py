@@ -45,6 +45,7 @@ DIFFUSERS_ORDER = (
     *("negative_aesthetic_score", "clip_skip", "callback_on_step_end", "callback_on_step_end_tensor_inputs"),
     "max_sequence_length",
     "adapters",  # diffrt's own: the LoRA adapters of this call alone
+    *("cache_interval", "cache_branch"),  # diffrt's own: DeepCache (packages exported with --deepcache)
 )
 
 
@@ -188,10 +189,19 @@ class PromptArguments(CallArguments):
     adapters: Mapping[str, Any] | None = None
     """LoRA adapters for this call alone, ``{name: weight}`` (``{}``: none), loaded with ``load_lora_weights``;
     None runs the pipeline's active set (``set_adapters``). Nothing shared changes, so concurrent calls may differ."""
+    cache_interval: int | None = None
+    """DeepCache (a package exported with ``--deepcache``): step ``i`` runs the whole UNet when ``i % cache_interval
+    == 0``, the others only its shallow path on the deep features of the last full step. None or 1: every step
+    runs the whole UNet."""
+    cache_branch: int = 0
+    """DeepCache's ``cache_branch_id``: how many outer UNet layers run on every step (0: the fewest, fastest)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.adapters = check_adapters(self.adapters)
+        if self.cache_interval is not None:
+            self.cache_interval = check_int("cache_interval", self.cache_interval)
+        self.cache_branch = check_int("cache_branch", self.cache_branch, minimum=0)
         if self.timesteps is not None and self.sigmas is not None:
             raise ConfigError("timesteps and sigmas were both given; accepted: one custom schedule, or neither.")
         self.timesteps = check_schedule("timesteps", self.timesteps)

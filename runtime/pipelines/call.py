@@ -23,6 +23,7 @@ from ..adapters import EMPTY_FEEDS, AdapterFeeds
 from ..errors import ConfigError
 from ..schedulers import Scheduler
 from .arguments import PromptArguments
+from .feature_cache import FeatureCache
 
 
 @dataclass
@@ -138,6 +139,8 @@ class Call:
     timestep_cond: np.ndarray | None = None  # LCM: the guidance-scale embedding (batch, time_cond_proj_dim)
     lora: AdapterFeeds = EMPTY_FEEDS
     """The LoRA factors this call feeds its networks (its adapter set, fixed when it starts)."""
+    feature_cache: FeatureCache | None = None
+    """DeepCache: the deep UNet features this call's shallow steps reuse (None: every step runs the whole UNet)."""
 
     def guided(self, positive: np.ndarray, negative: np.ndarray | None) -> np.ndarray:
         """What the UNet sees: [negative; positive] stacked under guidance, else the positive alone."""

@@ -22,13 +22,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..adapters import AdapterFeeds
+from ..engines import Engine
 from ..errors import ConfigError, NonFiniteError
 from ..image_processor import VaeImageProcessor
+from ..networks import PREVIEW_DECODER
 from ..schedulers import SCHEDULERS, Scheduler, as_generator, randn
 from ..schema import default_size
 from .arguments import Prompt, PromptArguments, check_int
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput
 from .call import Call, CallScope, CallSettings, CallState, DenoisingTensors
+from .feature_cache import FeatureCache, feature_cache
 from .inputs import Limits, check_finite, input_pixels, user_images
 from .lora import LoraLoaderMixin
 
@@ -153,6 +156,7 @@ class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
             batch=prompts * args.num_images_per_prompt,
             prompt_embeds=np.empty(0, np.float32),
             lora=self.adapter_feeds(args.adapters),
+            feature_cache=feature_cache(self.package, args.cache_interval, args.cache_branch),
         )
         self.encode_call_prompts(call)
         call.timestep_cond = self.timestep_cond(call)
@@ -337,7 +341,7 @@ class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
                 if state.interrupt:
                     continue
                 start = time.perf_counter()
-                noise_pred, unet_seconds = self.guided_noise(call, tensors, t)
+                noise_pred, unet_seconds = self.guided_noise(call, tensors, t, i)
                 latents = scheduler.step(noise_pred, t, tensors.latents, **step_kwargs).prev_sample
                 tensors.latents = self.check_step(latents.astype(np.float32), i, len(timesteps), t)
                 if self.stage_hooks:
@@ -367,9 +371,9 @@ class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
             )
         return latents
 
-    def guided_noise(self, call: Call, tensors: DenoisingTensors, t: Any) -> tuple[np.ndarray, float]:
-        """The UNet's noise prediction at ``t`` with classifier-free guidance (and rescale) applied; the seconds
-        the UNet took."""
+    def guided_noise(self, call: Call, tensors: DenoisingTensors, t: Any, step: int = 0) -> tuple[np.ndarray, float]:
+        """The UNet's noise prediction at ``t`` (denoising step ``step``) with classifier-free guidance (and rescale)
+        applied; the seconds the UNet took."""
         state = call.state
         cfg = state.do_classifier_free_guidance
         model_input = np.concatenate([tensors.latents] * 2) if cfg else tensors.latents
@@ -379,7 +383,9 @@ class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
             model_input = np.concatenate([model_input, *channels], axis=1)
         start = time.perf_counter()
         extra = {**self.unet_inputs(tensors), **call.lora.of("unet")}
-        noise_pred = self.run_unet(model_input, t, tensors.prompt_embeds, call.timestep_cond, extra)
+        noise_pred = self.run_unet(
+            model_input, t, tensors.prompt_embeds, call.timestep_cond, extra, cache=call.feature_cache, step=step
+        )
         seconds = time.perf_counter() - start
         if cfg:
             uncond, text = np.split(noise_pred, 2)
@@ -403,7 +409,11 @@ class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
         encoder_hidden_states: np.ndarray,
         timestep_cond: np.ndarray | None,
         extra: dict[str, np.ndarray] | None = None,
+        *,
+        cache: FeatureCache | None = None,
+        step: int = 0,
     ) -> np.ndarray:
+        """The UNet's ``out_sample``; with a DeepCache ``cache``, step ``step`` may run the shallow UNet instead."""
         feeds = {
             "sample": sample,
             "timestep": timestep_feed(self.unet, t, sample.shape[0]),
@@ -412,13 +422,24 @@ class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
         }
         if timestep_cond is not None:
             feeds["timestep_cond"] = np.concatenate([timestep_cond] * (sample.shape[0] // timestep_cond.shape[0]))
+        if cache is not None:
+            return cache.run(self.unet, feeds, step)
         return self.unet.run(feeds, ["out_sample"])["out_sample"]
 
     # ----- the VAE ----------------------------------------------------------------------------------------------
     def encode_image(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
-        """Scaled latents of ``image`` (B, 3, H, W) in [-1, 1]: a draw from the VAE posterior, as diffusers'
-        ``retrieve_latents`` (sample mode) takes it, times the VAE scaling factor."""
-        return (self.package.vae_config.scaling_factor * self.posterior_sample(image, generator)).astype(np.float32)
+        """Scaled latents of ``image`` (B, 3, H, W) in [-1, 1]: what diffusers' ``retrieve_latents`` (sample mode)
+        takes (see :meth:`vae_latents`), times the VAE scaling factor."""
+        return (self.package.vae_config.scaling_factor * self.vae_latents(image, generator)).astype(np.float32)
+
+    def vae_latents(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        """Unscaled latents (B, C, H/f, W/f) of ``image`` (B, 3, H, W) in [-1, 1] as diffusers' ``retrieve_latents``
+        takes them: a posterior draw for an AutoencoderKL; an AutoencoderTiny's ``latents``, which draw nothing
+        from ``generator`` (so the call's later draws come one tensor earlier, as in diffusers)."""
+        if not self.package.vae_config.is_tiny:
+            return self.posterior_sample(image, generator)
+        with self.timed("vae_encoder"):
+            return self.vae_encoder.run({"sample": image}, ["latents"])["latents"]
 
     def posterior_sample(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
         """One draw from the VAE posterior of ``image`` (B, 3, H, W) in [-1, 1], unscaled: (B, C, H/f, W/f)."""
@@ -444,6 +465,32 @@ class StableDiffusionBase(CallSettings, LoraLoaderMixin, DiffusionPipeline):
     def unscale_latents(self, latents: np.ndarray) -> np.ndarray:
         """Diffusion latents -> what the VAE decoder takes: divided by the scaling factor."""
         return latents / self.package.vae_config.scaling_factor
+
+    # ----- previews: a tiny VAE's decoder -----------------------------------------------------------------------
+    @property
+    def preview_decoder(self) -> Engine | None:
+        """The decoder progress previews are drawn with: the package's tiny preview decoder
+        (``vae_decoder_preview/``, written by ``diffrt export --preview-vae``), else the package's own decoder when
+        its VAE is an AutoencoderTiny; None when it has neither. Created on first use."""
+        if self.package.has(PREVIEW_DECODER):
+            return self.package.engine(PREVIEW_DECODER)
+        if self.package.vae_config.is_tiny and self.package.has("vae_decoder"):
+            return self.package.engine("vae_decoder")
+        return None
+
+    def decode_preview(self, latents: np.ndarray, output_type: str = "pil") -> Any:
+        """Images of diffusion ``latents`` (B, C, h, w) drawn by :attr:`preview_decoder` at full size (PIL images,
+        or as ``output_type`` says), for a look at a call in progress; None when the package has no tiny decoder."""
+        decoder = self.preview_decoder
+        if decoder is None:
+            return None
+        latents = np.asarray(latents, dtype=np.float32)
+        if self.package.has(PREVIEW_DECODER):
+            latent_sample = latents / self.package.configs.preview_vae.scaling_factor
+        else:
+            latent_sample = self.unscale_latents(latents)
+        sample = decoder.run({"latent_sample": latent_sample.astype(np.float32)}, ["sample"])["sample"]
+        return self.image_processor.postprocess(sample, output_type=output_type)
 
     def check_latents(self, latents: Any, shape: tuple[int, ...], why: str) -> np.ndarray:
         latents = np.asarray(latents, dtype=np.float32)

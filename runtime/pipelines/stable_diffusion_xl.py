@@ -388,9 +388,9 @@ class StableDiffusionXLBase(StableDiffusionBase):
         return np.asarray(mean, np.float32).reshape(shape), np.asarray(std, np.float32).reshape(shape)
 
     def normalized_image_latents(self, image: np.ndarray, generator: np.random.Generator) -> np.ndarray:
-        """Latents of ``image`` as image-to-image starts from them: a posterior draw, standardised with the
-        VAE's latent statistics when it has them, else times the scaling factor."""
-        sample = self.posterior_sample(image, generator)
+        """Latents of ``image`` as image-to-image starts from them: a posterior draw (a tiny VAE's latents),
+        standardised with the VAE's latent statistics when it has them, else times the scaling factor."""
+        sample = self.vae_latents(image, generator)
         stats, factor = self.latents_stats(), self.package.vae_config.scaling_factor
         if stats is None:
             return (factor * sample).astype(np.float32)

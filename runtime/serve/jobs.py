@@ -172,9 +172,10 @@ class Job:
 
 
 class Previewer:
-    """A low-cost preview of latents: a linear map from latent channels to RGB, fitted per model by least squares on
-    the (final latents, decoded image) pairs of the jobs it has finished; a grey-scale view of the first latent
-    channel until one has."""
+    """A low-cost preview of latents: the package's tiny VAE decoder when it has one (``pipe.decode_preview``: a
+    ``--preview-vae`` graph, or the package's own AutoencoderTiny); else a linear map from latent channels to RGB,
+    fitted per model by least squares on the (final latents, decoded image) pairs of the jobs it has finished, and a
+    grey-scale view of the first latent channel until one has."""
 
     def __init__(self) -> None:
         self._map: np.ndarray | None = None
@@ -191,7 +192,10 @@ class Previewer:
         with self._lock:
             self._map = solution.astype(np.float32)
 
-    def image(self, latents: np.ndarray) -> PIL.Image.Image:
+    def image(self, latents: np.ndarray, pipe: Any = None) -> PIL.Image.Image:
+        decoded = self.decoded(latents[:1], pipe)
+        if decoded is not None:
+            return decoded
         first = latents[0]
         if self._map is None:
             channel = first[0]
@@ -203,6 +207,19 @@ class Previewer:
         rgb = np.concatenate([x, np.ones((x.shape[0], 1), np.float32)], axis=1) @ self._map
         rgb = np.clip(rgb.reshape(first.shape[1], first.shape[2], 3), 0, 1)
         return PIL.Image.fromarray((rgb * 255).astype(np.uint8))
+
+    @staticmethod
+    def decoded(latents: np.ndarray, pipe: Any) -> PIL.Image.Image | None:
+        """The first image drawn by the pipeline's tiny preview decoder; None without one, or when it fails."""
+        decode = getattr(pipe, "decode_preview", None)
+        if decode is None:
+            return None
+        try:
+            images = decode(latents)
+        except Exception:  # a preview never fails a job
+            log.warning("preview decoder failed; previews fall back to the linear map", exc_info=True)
+            return None
+        return images[0] if images else None
 
 
 class ModelQueue:
@@ -336,7 +353,7 @@ class ModelQueue:
                     batcher.leave()
             event: dict[str, Any] = {"type": "step", "step": i + 1, "total": total, "eta_s": job.eta_s()}
             if spec.preview_every and ((i + 1) % spec.preview_every == 0 or i + 1 == total):
-                job.preview = self.previewer.image(tensors["latents"])
+                job.preview = self.previewer.image(tensors["latents"], pipe)
                 event["preview"] = True
             job.publish(event)
             return {}

@@ -46,7 +46,8 @@ class ServeConfig:
     shutdown_deadline_s: float = 30.0
     default_steps: int = 20
     preview_every: int = 1
-    """Previews (a linear latent-to-RGB map, microseconds) every this many steps, for progress endpoints."""
+    """Previews every this many steps, for progress endpoints: the package's tiny VAE decoder when it has one
+    (``diffrt export --preview-vae``), else a linear latent-to-RGB map (microseconds)."""
     keep_jobs: int = 256
     """Finished jobs (with their images) remembered for GET /v1/jobs/{id}, at most this many..."""
     keep_jobs_s: float = 900.0

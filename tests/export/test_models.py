@@ -452,8 +452,9 @@ def test_model_class_for():
     assert model_class_for("UNet2DConditionModel") is UNet2DConditionModel
     assert model_class_for("UNet2DModel") is UNet2DModel
     assert model_class_for("AutoencoderKL") is AutoencoderKL
+    assert model_class_for("AutoencoderTiny").__name__ == "AutoencoderTiny"
     with pytest.raises(ValueError, match="AutoencoderKL"):
-        model_class_for("AutoencoderTiny")
+        model_class_for("VQModel")
 
 
 def test_missing_class_labels_is_a_clear_error():
