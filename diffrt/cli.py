@@ -132,11 +132,22 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     from diffrt.export.cli import run
 
+    if args.quantize and getattr(args, "lora_slots", None) is not None:
+        from diffrt.runtime.errors import ConfigError
+
+        raise ConfigError("--quantize int8 with --lora-slots: accepted: one of them (fuse LoRAs with --lora instead).")
     status = run(args)
     if status == 0 and args.quantize:
+        import shutil
+
         from diffrt.runtime.quantize import run_from_args
 
-        status = run_from_args(args, args.out, args.out)
+        try:
+            status = run_from_args(args, args.out, args.out)
+        except BaseException:
+            # The user asked for an int8 package: a float one left at OUT would pass for it.
+            shutil.rmtree(args.out, ignore_errors=True)
+            raise
     return status
 
 

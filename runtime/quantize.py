@@ -9,6 +9,7 @@ the float ones, everything else copied, and ``diffrt.json`` saying what was done
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..staging import staged_folder
+from .engines.base import prepare_feeds
 from .errors import ConfigError, PackageError
 from .networks import unet_shallow_name
 from .package import EnginePackage
@@ -78,10 +80,12 @@ def quantize_package(
     calibration = calibration or Calibration()
     progress = progress or (lambda name, message: logger.info("%s: %s", name, message))
     source, out = Path(package), Path(out)
-    opened = EnginePackage(source, provider="cpu")
-    targets = _targets(opened, networks)
+    targets = _targets(EnginePackage(source, provider="cpu"), networks)
     start = time.perf_counter()
-    samples = collect_feeds(opened, targets, calibration, progress)
+    # The float sessions that ran the calibration calls are gone before quantizing starts (at SD 1.5 size, holding
+    # them beside ONNX Runtime's calibration session doubled the peak).
+    samples = collect_feeds(EnginePackage(source, provider="cpu"), targets, calibration, progress)
+    gc.collect()
     record: dict[str, Any] = {
         "method": "int8 static QDQ (onnxruntime.quantization)",
         "calibration": {**asdict(calibration), "prompts": list(calibration.prompts)},
@@ -144,12 +148,20 @@ def collect_feeds(
 
     def recorder(name: str) -> Callable[..., dict[str, np.ndarray]]:
         def run(feeds: dict[str, np.ndarray], output_names: Any = None) -> dict[str, np.ndarray]:
-            recorded[name].append({key: np.array(value, copy=True) for key, value in feeds.items()})
+            # As the graph takes them (declared dtypes): ONNX Runtime's calibrator feeds a bare session.
+            prepared = prepare_feeds(name, engines[name].inputs, feeds)
+            recorded[name].append({key: np.array(value, copy=True) for key, value in prepared.items()})
             return originals[name](feeds, output_names)
 
         return run
 
     branches = package.deepcache_branches if any(n.startswith("unet_shallow") for n in targets) else ()
+    if branches and (len(calibration.prompts) - 1 < len(branches) or calibration.steps < 2):
+        raise ConfigError(
+            f"this package has DeepCache shallow UNets for branches {list(branches)}, which calibration runs in turn "
+            f"(one branch a call, the last call held out): accepted: at least {len(branches) + 1} calibration prompts "
+            "(--calibration-prompts) and --calibration-steps 2 or more."
+        )
     result = {}
     try:
         for name, engine in engines.items():
@@ -190,6 +202,11 @@ def _calibration_pipeline(package: EnginePackage):
     from .pipelines.auto import AutoPipelineForInpainting, AutoPipelineForText2Image
 
     channels = package.unet_config.in_channels
+    if package.index.requires_aesthetics_score:
+        raise PackageError(
+            f"engine package {str(package.path)!r} is an SDXL refiner (its UNet takes an aesthetic score); int8 "
+            "calibration drives text-to-image and inpainting UNets; accepted: an SDXL base or inpainting package."
+        )
     if channels == 4:
         return AutoPipelineForText2Image.pipeline_class(package.pipeline_class)(package), lambda h, w: {}
     if channels == 9:
@@ -296,9 +313,25 @@ def run_from_args(args: Any, package: str, out: str) -> int:
     return 0
 
 
+def check_out(package: str | Path, out: str | Path, force: bool) -> None:
+    """Refuse an ``out`` that would lose data: an existing folder without ``--force``, anything but an engine package
+    even with it, a link, or a folder holding the source package."""
+    source, target = Path(package).resolve(), Path(out)
+    if target.is_symlink():
+        raise PackageError(f"{str(target)!r} is a symbolic link; accepted: a real folder path for the package.")
+    if target.resolve() in source.parents:
+        raise PackageError(f"{str(target)!r} holds the package {str(package)!r}; accepted: a folder outside it.")
+    if target.exists() and target.resolve() != source:
+        if not force:
+            raise PackageError(f"{str(target)!r} exists; pass --force to replace it, or name another folder.")
+        if not (target / "model_index.json").is_file():
+            raise PackageError(
+                f"{str(target)!r} exists and is not an engine package (no model_index.json); --force replaces "
+                "packages only: name another folder."
+            )
+
+
 def run(args: Any) -> int:
     """``diffrt quantize``."""
-    out = Path(args.out)
-    if out.exists() and out.resolve() != Path(args.package).resolve() and not args.force:
-        raise PackageError(f"{str(out)!r} exists; pass --force to replace it, or name another folder.")
+    check_out(args.package, args.out, args.force)
     return run_from_args(args, args.package, args.out)

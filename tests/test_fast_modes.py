@@ -1,6 +1,7 @@
 """The fast CPU modes keep the bundled digits model's pictures: int8, DeepCache caching, both, and the tiny VAE each
 draw the 80 prompted digits (the demo test's prompts, seeds and judge) with accuracy within 2 points of the exact
-mode. The measurement is benchmarks/quality.py's, whose numbers benchmarks/QUALITY.md reports."""
+mode. The measurement is benchmarks/quality.py's, whose numbers benchmarks/QUALITY.md reports; int8 is calibrated on
+other wordings than the judged prompts."""
 
 import importlib.util
 from pathlib import Path
@@ -35,6 +36,5 @@ def test_every_fast_mode_keeps_digits_accuracy_within_two_points(measured):
 def test_the_fast_modes_really_compute_something_else(measured):
     """Each mode changes pixels (it is not the exact path under another name), yet stays a picture of the same
     digits: mean differences of a few levels out of 255."""
-    assert measured["exact fp32"]["max_pixel_diff"] == 0
     for name in MODES[1:]:
         assert 0 < measured[name]["mean_pixel_diff"] < 12, (name, measured[name])

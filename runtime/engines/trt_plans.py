@@ -370,6 +370,12 @@ def _config(package: Path, component: str) -> dict[str, Any]:
 def network_for(package: str | os.PathLike, name: str) -> Network:
     """The shape contract of network ``name`` of a package, from the component configs the package carries."""
     package = Path(package)
+    if name.startswith("unet_shallow_"):
+        # A PackageError, so that provider="auto" runs these graphs on ONNX Runtime instead.
+        raise PackageError(
+            f"{name}: TensorRT plans are not built for DeepCache's shallow UNets; ONNX Runtime runs them "
+            "(provider='auto' or 'cuda')."
+        )
     if name not in NETWORKS:
         raise ConfigError(f"network {name!r} is not one diffrt builds; accepted: {', '.join(NETWORKS)}.")
     if not _model(package, name).is_file():

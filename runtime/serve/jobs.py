@@ -12,6 +12,7 @@ decoded and returned.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import secrets
 import threading
@@ -103,13 +104,28 @@ class Job:
     total_steps: int = 0
     images: list[PIL.Image.Image] = field(default_factory=list)
     error: ServeError | None = None
-    preview: PIL.Image.Image | None = None
     interrupted: bool = False
     seconds_per_step: float | None = None
     _cancel: str | None = None  # why, once asked
     _events: list[dict[str, Any]] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _listeners: list[Callable[[], None]] = field(default_factory=list)
+    # The latest preview, drawn only when someone asks for it (a tiny-VAE decode costs a few ms per step; most
+    # previews are never fetched): a ready image, or the function that draws it.
+    _preview: PIL.Image.Image | Callable[[], PIL.Image.Image | None] | None = None
+
+    @property
+    def preview(self) -> PIL.Image.Image | None:
+        """The latest progress preview, drawn on first access; None before the first."""
+        with self._cond:
+            if callable(self._preview):
+                self._preview = self._preview()
+            return self._preview
+
+    @preview.setter
+    def preview(self, value: PIL.Image.Image | Callable[[], PIL.Image.Image | None] | None) -> None:
+        with self._cond:
+            self._preview = value
 
     @property
     def finished_state(self) -> bool:
@@ -353,7 +369,8 @@ class ModelQueue:
                     batcher.leave()
             event: dict[str, Any] = {"type": "step", "step": i + 1, "total": total, "eta_s": job.eta_s()}
             if spec.preview_every and ((i + 1) % spec.preview_every == 0 or i + 1 == total):
-                job.preview = self.previewer.image(tensors["latents"], pipe)
+                latents = np.array(tensors["latents"], copy=True)
+                job.preview = functools.partial(self.previewer.image, latents, pipe)
                 event["preview"] = True
             job.publish(event)
             return {}
