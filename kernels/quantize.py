@@ -41,7 +41,9 @@ OP_TYPES = ("Conv", "MatMul", "Gemm")
 # SD 1.5 UNet (benchmarks/QUALITY.md): the resnets' 1x1 shortcut convolutions, which read the up blocks' concatenated
 # skip connections (wide, uneven ranges: quantizing them alone tripled the UNet's error), and the first and last
 # convolutions, which read and write the latents themselves.
-KEEP_FP32 = ("*/conv_shortcut/*", "/model/conv_in/*", "/model/conv_out/*")
+# The patterns hold for both namings of the exported UNet ("/model/conv_in/Conv" in a plain export, "/conv_in/Conv"
+# in a --deepcache one).
+KEEP_FP32 = ("*/conv_shortcut/*", "*/conv_in/*", "*/conv_out/*")
 
 
 @dataclass(frozen=True)

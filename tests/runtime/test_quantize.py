@@ -188,6 +188,8 @@ def test_deepcache_packages_need_a_calibration_call_per_branch(tiny_models, tmp_
     assert sorted(record["networks"]) == ["unet", "unet_shallow_0", "unet_shallow_1"]
     for name in ("unet_shallow_0", "unet_shallow_1"):
         assert record["networks"][name]["quantized_nodes"] > 0 and record["networks"][name]["max_rel_error"] < 0.25
+    kept = record["networks"]["unet"]["kept_fp32"]  # this export names its nodes without the "/model" prefix
+    assert "/conv_in/Conv" in kept and "/conv_out/Conv" in kept and sum("conv_shortcut" in k for k in kept) >= 1
     # The int8 package runs both paths: the cache on and off.
     from diffrt.runtime import StableDiffusionPipeline
 
