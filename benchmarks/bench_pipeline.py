@@ -288,7 +288,9 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path | None, Path, di
     return source, package, notes
 
 
-def prepare_fast(source: Path | None, package: Path, backends: list[str], notes: dict[str, Any]) -> dict[str, Path]:
+def prepare_fast(
+    source: Path | None, package: Path, backends: list[str], notes: dict[str, Any], tiny: bool = False
+) -> dict[str, Path]:
     """The packages of the fast modes in ``backends``, each made once beside ``package``: exported with
     ``--deepcache`` and a tiny preview VAE, that quantized with ``diffrt quantize`` (int8), and a view of the int8
     package whose decoder is the tiny VAE (its other folders linked)."""
@@ -313,7 +315,7 @@ def prepare_fast(source: Path | None, package: Path, backends: list[str], notes:
             # Calibrated at 256x256 (8 prompts x 8 steps): ONNX Runtime's calibration session at 512x512 beside
             # the SD 1.5 UNet came near this 24 GB machine's memory; QUALITY.md gives the PSNR at both sizes.
             command = [sys.executable, "-m", "diffrt", "quantize", str(deep), str(int8), "--force"]
-            command += ["--calibration-size", "256x256"]
+            command += [] if tiny else ["--calibration-size", "256x256"]
             notes["quantize_s"] = round(run(command, "quantizing with diffrt quantize"), 1)
     if "int8-tinyvae" in wanted:
         packages["int8-tinyvae"] = view = package.parent / f"{package.name}-int8-tinyvae"
@@ -791,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (work if args.tiny else BENCH / "results") / "latest.json"
     history = args.history if args.history is not None else ("" if args.tiny else str(BENCH / "RESULTS.md"))
     source, package, notes = prepare(args, work)
-    packages = prepare_fast(source, package, backends, notes)
+    packages = prepare_fast(source, package, backends, notes, tiny=args.tiny)
     if "diffusers_torch" in backends and source is None:
         raise SystemExit("diffusers_torch needs the diffusers folder: give --source with --package.")
     for folder in (*packages.values(), source):
