@@ -73,9 +73,9 @@ test: $(STAMP)
 engines: $(EXPORT_STAMP) $(if $(filter $(MODEL),$(DEMO_MODEL)),$(OUT)/diffrt.json)
 ifeq ($(MODEL),tiny)
 	$(PY) -m diffrt.export.tiny build/default-model
-	$(PY) -m diffrt export build/default-model $(OUT) --force $(EXPORT_ARGS)
+	$(PY) -m diffrt export build/default-model $(OUT) --force --warm-cache $(EXPORT_ARGS)
 else ifneq ($(MODEL),$(DEMO_MODEL))
-	$(PY) -m diffrt export "$(MODEL)" $(OUT) $(EXPORT_ARGS)
+	$(PY) -m diffrt export "$(MODEL)" $(OUT) --warm-cache $(EXPORT_ARGS)
 endif
 ifeq ($(PROVIDER),tensorrt)
 	$(PY) -m diffrt engines build $(OUT) $(ENGINES_ARGS)
@@ -83,7 +83,7 @@ endif
 
 # The bundled model's packages, exported again only when models/digits is newer (batch 10: a row of the demo grid).
 $(OUT)/diffrt.json: $(DEMO_FILES) | $(EXPORT_STAMP)
-	$(PY) -m diffrt export $(DEMO_MODEL) $(OUT) --force --batch 10 $(EXPORT_ARGS)
+	$(PY) -m diffrt export $(DEMO_MODEL) $(OUT) --force --batch 10 --warm-cache $(EXPORT_ARGS)
 
 $(LORA_OUT)/diffrt.json: $(DEMO_FILES) $(DEMO_LORA) | $(EXPORT_STAMP)
 	$(PY) -m diffrt export $(DEMO_MODEL) $(LORA_OUT) --force --batch 10 --lora $(DEMO_LORA):1.0 $(EXPORT_ARGS)

@@ -136,7 +136,7 @@ def test_an_inpainting_unet_is_calibrated_by_the_inpainting_pipeline(packages, t
     assert record["networks"]["unet"]["quantized_nodes"] > 20
 
 
-def test_export_quantize_int8_and_the_quantize_command(tiny_models, packages, tmp_path):
+def test_export_quantize_int8_and_the_quantize_command(tiny_models, packages, tmp_path, monkeypatch):
     from diffrt.cli import main
 
     prompts = tmp_path / "prompts.txt"
@@ -150,7 +150,12 @@ def test_export_quantize_int8_and_the_quantize_command(tiny_models, packages, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
     # `diffrt quantize` writes a new package and will not overwrite one without --force.
     target = tmp_path / "quantized"
-    assert main(["quantize", str(packages["sd1"]), str(target), *calibration, "--keep-fp32", "*/conv_out/*"]) == 0
+    cache = tmp_path / "graph-cache"
+    monkeypatch.setenv("DIFFRT_CACHE", str(cache))
+    quantize = ["quantize", str(packages["sd1"]), str(target), *calibration, "--keep-fp32", "*/conv_out/*"]
+    assert main([*quantize, "--warm-cache"]) == 0
+    # --warm-cache built this machine's optimized graphs of every network of the new package into the cache.
+    assert len([entry for entry in (cache / "ort").iterdir() if entry.is_dir()]) >= 3
     kept = json.loads((target / "diffrt.json").read_text())["quantization"]["networks"]["unet"]["kept_fp32"]
     assert kept == ["/model/conv_out/Conv"]
     assert main(["quantize", str(packages["sd1"]), str(target), *calibration]) == 1
