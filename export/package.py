@@ -109,8 +109,16 @@ def export_package(
 
 def _export(source: Source, out: Path, options: ExportOptions, progress: Progress) -> PackageReport:
     from .components import build_networks
+    from .mmdit_package import export_mmdit, is_mmdit
     from .video_package import export_video, is_video
 
+    if is_mmdit(source):
+        if options.loras:
+            from .mmdit_lora import fuse_into_mmdit_source
+
+            source, summaries = fuse_into_mmdit_source(source, options.loras, allow_pickle=options.allow_pickle)
+            return export_mmdit(source, out, options, progress, loras=summaries)
+        return export_mmdit(source, out, options, progress)
     if is_video(source):
         if options.deepcache:
             raise ConfigError(

@@ -31,10 +31,19 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "CogVideoXPipeline": ("text_encoder", "transformer", "vae"),
     "CogVideoXImageToVideoPipeline": ("text_encoder", "transformer", "vae"),
     "CogVideoXVideoToVideoPipeline": ("text_encoder", "transformer", "vae"),
+    "StableDiffusion3Pipeline": ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"),
+    "StableDiffusion3Img2ImgPipeline": ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"),
+    "StableDiffusion3InpaintPipeline": ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"),
+    "FluxPipeline": ("text_encoder", "text_encoder_2", "transformer", "vae"),
+    "FluxImg2ImgPipeline": ("text_encoder", "text_encoder_2", "transformer", "vae"),
+    "FluxInpaintPipeline": ("text_encoder", "text_encoder_2", "transformer", "vae"),
 }
+SD3_PIPELINES = tuple(name for name in PIPELINES if name.startswith("StableDiffusion3"))
+FLUX_PIPELINES = tuple(name for name in PIPELINES if name.startswith("Flux"))
 SDXL_PIPELINES = tuple(name for name in PIPELINES if name.startswith("StableDiffusionXL"))
 # Networks a pipeline may lack (an SDXL refiner has only text_encoder_2).
 OPTIONAL: dict[str, tuple[str, ...]] = {name: ("text_encoder",) for name in SDXL_PIPELINES}
+OPTIONAL.update({name: ("text_encoder_3",) for name in SD3_PIPELINES})  # SD3 without T5, as diffusers allows
 # Pipeline settings kept from model_index.json, with diffusers' defaults for folders that do not state them.
 PIPELINE_CONFIG: dict[str, dict[str, Any]] = {
     "StableDiffusionXLPipeline": {"force_zeros_for_empty_prompt": True},
@@ -43,7 +52,7 @@ PIPELINE_CONFIG: dict[str, dict[str, Any]] = {
 }
 # The tokenizer folder that goes with each text encoder, and the pad token of a generated one (OpenCLIP's
 # tokenizer, SDXL's second, pads with "!").
-TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2", "text_encoder_3": "tokenizer_3"}
 DEFAULT_PAD_TOKENS = {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}
 # Components a package leaves out on purpose (the runtime has no safety checker; say so rather than fail).
 SKIPPED = ("safety_checker", "feature_extractor", "image_encoder")
@@ -51,8 +60,9 @@ MODEL_CLASSES = {
     "unet": ("UNet2DConditionModel", "UNet2DModel"),
     "vae": ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLCogVideoX"),
     "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"),
-    "transformer": ("CogVideoXTransformer3DModel",),
-    "text_encoder_2": ("CLIPTextModelWithProjection",),
+    "transformer": ("CogVideoXTransformer3DModel", "SD3Transformer2DModel", "FluxTransformer2DModel"),
+    "text_encoder_2": ("CLIPTextModelWithProjection", "T5EncoderModel"),
+    "text_encoder_3": ("T5EncoderModel",),
     "depth_estimator": ("DPTForDepthEstimation",),
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -83,6 +93,8 @@ class Source:
     tokenizer_2_files: dict[str, Path] = field(default_factory=dict)
     """The second tokenizer's files (SDXL); empty when generated from the built-in CLIP vocabulary."""
     tokenizer_2_pad_token: str = "!"
+    tokenizer_3_files: dict[str, Path] = field(default_factory=dict)
+    """The third tokenizer's files (SD3's T5)."""
     pipeline_config: dict[str, Any] = field(default_factory=dict)
     """Pipeline settings from model_index.json (SDXL: force_zeros_for_empty_prompt, requires_aesthetics_score)."""
     vae_folder: Path | None = None
@@ -95,6 +107,8 @@ class Source:
         """The files (empty: generate them) and pad token of tokenizer folder ``folder`` ("tokenizer"/"tokenizer_2")."""
         if folder == "tokenizer_2":
             return self.tokenizer_2_files, self.tokenizer_2_pad_token
+        if folder == "tokenizer_3":
+            return self.tokenizer_3_files, "<pad>"
         return self.tokenizer_files, self.tokenizer_pad_token
 
     @property
@@ -176,6 +190,9 @@ def _load_folder(root: Path, allow_pickle: bool, variant: str | None) -> Source:
     if "text_encoder_2" in components:
         source.tokenizer_2_files = _tokenizer_files(root / "tokenizer_2")
         files.extend(source.tokenizer_2_files.values())
+    if "text_encoder_3" in components:
+        source.tokenizer_3_files = _tokenizer_files(root / "tokenizer_3")
+        files.extend(source.tokenizer_3_files.values())
     if "depth_estimator" in components:
         preprocessor = root / "feature_extractor" / "preprocessor_config.json"
         source.preprocessor_config = weights.read_json(preprocessor)
@@ -206,7 +223,7 @@ def _tokenizer_files(folder: Path) -> dict[str, Path]:
     found = {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
     if "tokenizer.json" not in found and not {"vocab.json", "merges.txt"} <= found.keys():
         raise CheckpointError(
-            f"{folder} holds no CLIP tokenizer; expected tokenizer.json or vocab.json with merges.txt."
+            f"{folder} holds no tokenizer; expected tokenizer.json (or CLIP's vocab.json with merges.txt)."
         )
     return found
 

@@ -19,8 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("package", help="an engine package folder (from `diffrt export`)")
     p.add_argument("prompt", nargs="?", help="what to draw (not used by unconditional DDPM packages)")
     p.add_argument("--negative", metavar="TEXT", help="negative prompt: what to steer away from")
-    p.add_argument("--prompt-2", metavar="TEXT", help="SDXL: prompt for the second text encoder (default: the prompt)")
-    p.add_argument("--negative-prompt-2", metavar="TEXT", help="SDXL: negative prompt for the second text encoder")
+    p.add_argument(
+        "--prompt-2",
+        metavar="TEXT",
+        help="SDXL / SD3: prompt for the second text encoder, Flux: for T5 (default: the prompt)",
+    )
+    p.add_argument(
+        "--negative-prompt-2", metavar="TEXT", help="SDXL / SD3 / Flux: negative prompt for the second text encoder"
+    )
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; DDPM: 1000)")
     p.add_argument(
         "--guidance",
@@ -187,9 +193,12 @@ def run(args: argparse.Namespace) -> int:
         for flag, value in (("--prompt-2", args.prompt_2), ("--negative-prompt-2", args.negative_prompt_2))
         if value is not None
     ]
-    if second and not isinstance(pipe, StableDiffusionXLBase):
+    from .pipelines.mmdit import MMDiTPipeline
+
+    if second and not isinstance(pipe, (StableDiffusionXLBase, MMDiTPipeline)):
         raise ConfigError(
-            f"{' and '.join(second)} apply only to SDXL packages (two text encoders); this package runs "
+            f"{' and '.join(second)} apply only to SDXL, SD3 and Flux packages (several text encoders); this "
+            "package runs "
             f"{type(pipe).__name__}."
         )
     if args.scheduler:
@@ -235,14 +244,16 @@ def prompt_kwargs(args: argparse.Namespace, pipe, adapters: dict[str, float], bu
     """The call arguments of a Stable Diffusion pipeline from the command line's flags (images opened within the
     pixel ``budget``)."""
     from .errors import ConfigError
+    from .pipelines.mmdit import MMDiTPipeline
     from .pipelines.stable_diffusion_xl import StableDiffusionXLBase
 
     kwargs: dict = dict(prompt=args.prompt, negative_prompt=args.negative, num_images_per_prompt=args.num_images)
+    mmdit = isinstance(pipe, MMDiTPipeline)
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
     if adapters:
         kwargs["adapters"] = adapters
-    if isinstance(pipe, StableDiffusionXLBase):
+    if isinstance(pipe, StableDiffusionXLBase) or mmdit:
         kwargs.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2)
     if args.image is not None:
         kwargs["image"] = _open_image(args.image, "--image", budget).convert("RGB")
@@ -251,10 +262,18 @@ def prompt_kwargs(args: argparse.Namespace, pipe, adapters: dict[str, float], bu
     if args.strength is not None:
         kwargs["strength"] = args.strength
     if args.size is not None:
-        if args.image is not None and args.mask is None:
+        if args.image is not None and args.mask is None and not mmdit:
             raise ConfigError("--size does not apply to image-to-image: the output takes --image's size.")
         kwargs["height"], kwargs["width"] = args.size
-    kwargs.update(cache_interval=args.cache_interval, cache_branch=args.cache_branch)
+    elif mmdit and args.image is not None:  # SD3 / Flux resize the image to height x width: keep its size
+        m = pipe.size_multiple
+        kwargs["height"], kwargs["width"] = (max(m, v // m * m) for v in kwargs["image"].size[::-1])
+    if not mmdit:
+        kwargs.update(cache_interval=args.cache_interval, cache_branch=args.cache_branch)
+    elif args.cache_interval is not None:
+        raise ConfigError(
+            f"--cache-interval applies to Stable Diffusion UNets; {type(pipe).__name__} has a transformer."
+        )
     return kwargs
 
 

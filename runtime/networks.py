@@ -629,3 +629,72 @@ def t5_encoder_network(
         batch_multiplier=1,
         vocab_size=config["vocab_size"],
     )
+
+
+# ----- SD3 and Flux (MMDiT transformers) ------------------------------------------------------------------------
+SD3_SEQUENCE_LENGTH = 77 + 256  # CLIP tokens + diffusers' default max_sequence_length for SD3's T5
+FLUX_SEQUENCE_LENGTH = 512  # diffusers' default max_sequence_length for Flux
+
+
+def _positive(config: Mapping[str, Any], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"transformer config {key}={value!r} is not supported; accepted: a positive integer.")
+    return value
+
+
+def sd3_transformer_network(config: Mapping[str, Any], scale_factor: int = 8) -> Network:
+    """SD3's denoiser: ``hidden_states`` (batch, C, latent_height, latent_width), ``encoder_hidden_states`` (batch,
+    sequence, joint_attention_dim: CLIP-L and CLIP-G side by side, zero-padded, then T5), ``pooled_projections``
+    (batch, pooled_projection_dim), ``timestep`` (batch,), ``skip_layers`` (num_layers,) bool (True: that block
+    passes its input through, diffusers' ``skip_layers``) -> ``noise_pred`` of the latents' shape."""
+    layers = _positive(config, "num_layers", 18)
+    latent = ("batch", _positive(config, "in_channels", 16), "latent_height", "latent_width")
+    out = ("batch", config.get("out_channels") or latent[1], "latent_height", "latent_width")
+    return Network(
+        "transformer",
+        (
+            _f32("hidden_states", *latent),
+            _f32("encoder_hidden_states", "batch", "sequence", _positive(config, "joint_attention_dim", 4096)),
+            _f32("pooled_projections", "batch", _positive(config, "pooled_projection_dim", 2048)),
+            _f32("timestep", "batch"),
+            TensorSpec("skip_layers", "bool", (layers,)),
+        ),
+        (_f32("noise_pred", *out),),
+        scale_factor=scale_factor,
+        sequence_length=SD3_SEQUENCE_LENGTH,
+        batch_multiplier=2,
+    )
+
+
+def flux_transformer_network(config: Mapping[str, Any], scale_factor: int = 8) -> Network:
+    """Flux's denoiser on packed latents (2x2 latent cells per token): ``hidden_states`` (batch, tokens,
+    in_channels), ``encoder_hidden_states`` (batch, sequence, joint_attention_dim: T5), ``pooled_projections``
+    (batch, pooled_projection_dim: CLIP), ``timestep`` (batch,) in [0, 1], ``guidance`` (batch,) for guidance-
+    distilled (dev-style) models, ``rotary_cos`` / ``rotary_sin`` (positions, attention_head_dim) for the text then
+    image positions -> ``noise_pred`` (batch, tokens, out_channels). tokens = latent_height/2 x latent_width/2."""
+    channels = _positive(config, "in_channels", 64)
+    head_dim = _positive(config, "attention_head_dim", 128)
+    inputs = [
+        _f32("hidden_states", "batch", "tokens", channels),
+        _f32("encoder_hidden_states", "batch", "sequence", _positive(config, "joint_attention_dim", 4096)),
+        _f32("pooled_projections", "batch", _positive(config, "pooled_projection_dim", 768)),
+        _f32("timestep", "batch"),
+    ]
+    if config.get("guidance_embeds"):
+        inputs.append(_f32("guidance", "batch"))
+    inputs += [_f32("rotary_cos", "positions", head_dim), _f32("rotary_sin", "positions", head_dim)]
+
+    def derive(dims: dict[str, int]) -> dict[str, int]:
+        tokens = (dims["latent_height"] // 2) * (dims["latent_width"] // 2)
+        return {"tokens": tokens, "positions": dims["sequence"] + tokens}
+
+    return Network(
+        "transformer",
+        tuple(inputs),
+        (_f32("noise_pred", "batch", "tokens", config.get("out_channels") or channels),),
+        scale_factor=scale_factor,
+        sequence_length=FLUX_SEQUENCE_LENGTH,
+        batch_multiplier=1,
+        derive=derive,
+    )

@@ -31,6 +31,7 @@ ENGINES_DIR = "engines"
 NETWORKS = (
     "text_encoder",
     "text_encoder_2",
+    "text_encoder_3",
     "unet",
     "transformer",
     "vae_encoder",

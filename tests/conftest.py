@@ -100,3 +100,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mmdit_models(tmp_path_factory):
+    """Folders of tiny SD3 / Flux pipelines saved by diffusers: sd3 (SD3.0-style, with T5), sd35 (qk norm, a
+    dual-attention layer, saved without T5), flux_dev (guidance embedding, dynamic shift), flux_schnell."""
+    from fixtures import tiny_mmdit as tm
+
+    root = tmp_path_factory.mktemp("mmdit_models")
+    return {
+        "sd3": tm.build_sd3(root, "sd3", seed=100),
+        "sd35": tm.build_sd3(root, "sd35", seed=110, sd35=True, t5=False),
+        "flux_dev": tm.build_flux(root, "flux_dev", seed=200, dev=True),
+        "flux_schnell": tm.build_flux(root, "flux_schnell", seed=300, dev=False),
+    }
+
+
+@pytest.fixture(scope="session")
+def mmdit_packages(mmdit_models, tmp_path_factory):
+    """Engine packages exported (ONNX, dynamic shapes, checked against torch) from each tiny SD3 / Flux fixture."""
+    from diffrt.export.package import export_package
+    from diffrt.export.source import load_source
+
+    root = tmp_path_factory.mktemp("mmdit_packages")
+    return {kind: export_package(load_source(folder), root / kind).path for kind, folder in mmdit_models.items()}

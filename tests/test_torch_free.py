@@ -236,3 +236,35 @@ def test_a_package_is_quantized_where_torch_cannot_be_imported(packages, tmp_pat
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"status": 0, "size": [32, 32], "heavy": []}
     assert json.loads((out / "diffrt.json").read_text())["quantization"]["networks"]["unet"]["quantized_nodes"] > 0
+
+
+def test_sd3_and_flux_generate_where_torch_cannot_be_imported(mmdit_packages, tmp_path):
+    """Every SD3 / Flux pipeline (text-to-image, image-to-image, inpainting) and `diffrt generate`, torch blocked."""
+    out = tmp_path / "flux.png"
+    result = run_blocked(
+        f"""
+        import json, sys
+        import numpy as np, PIL.Image
+        from diffrt.runtime import (AutoPipelineForImage2Image, AutoPipelineForInpainting,
+                                    StableDiffusion3Pipeline, FluxPipeline)
+        from diffrt.cli import main
+        sizes = []
+        for pipe in (StableDiffusion3Pipeline.from_pretrained({str(mmdit_packages["sd3"])!r}),
+                     FluxPipeline.from_pretrained({str(mmdit_packages["flux_dev"])!r})):
+            kwargs = dict(height=32, width=32, num_inference_steps=2, max_sequence_length=16, generator=0)
+            image = pipe("a cat", **kwargs).images[0]
+            again = AutoPipelineForImage2Image.from_pipe(pipe)("a cat", image=image, strength=0.5, **kwargs).images[0]
+            mask = PIL.Image.fromarray(np.triu(np.full((32, 32), 255, np.uint8)))
+            inpaint = AutoPipelineForInpainting.from_pipe(pipe)
+            filled = inpaint("a dog", image=image, mask_image=mask, **kwargs).images[0]
+            sizes += [list(image.size), list(again.size), list(filled.size)]
+        code = main(["generate", {str(mmdit_packages["flux_schnell"])!r}, "a cat", "--size", "32x32", "--steps", "2",
+                     "--out", {str(out)!r}])
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "scipy"))
+        print(json.dumps({{"sizes": sizes, "code": code, "heavy": heavy}}))
+        """
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"sizes": [[32, 32]] * 6, "code": 0, "heavy": []}
+    assert out.stat().st_size > 0

@@ -15,6 +15,8 @@ from .autoencoder_kl import AutoencoderKL
 from .autoencoder_tiny import AutoencoderTiny
 from .cogvideox_transformer import CogVideoXTransformer3DModel
 from .config import NotSupportedError
+from .flux_transformer import FluxTransformer2DModel
+from .sd3_transformer import SD3Transformer2DModel
 from .unet_2d import UNet2DModel
 from .unet_2d_condition import UNet2DConditionModel
 
@@ -25,6 +27,8 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "AutoencoderKLCogVideoX": AutoencoderKLCogVideoX,
     "AutoencoderTiny": AutoencoderTiny,
     "CogVideoXTransformer3DModel": CogVideoXTransformer3DModel,
+    "SD3Transformer2DModel": SD3Transformer2DModel,
+    "FluxTransformer2DModel": FluxTransformer2DModel,
 }
 
 
@@ -45,8 +49,10 @@ __all__ = [
     "AutoencoderKLCogVideoX",
     "AutoencoderTiny",
     "CogVideoXTransformer3DModel",
+    "FluxTransformer2DModel",
     "MODEL_CLASSES",
     "NotSupportedError",
+    "SD3Transformer2DModel",
     "UNet2DConditionModel",
     "UNet2DModel",
     "model_class_for",

@@ -5,10 +5,12 @@ from .base import DiffusionPipeline, ImagePipelineOutput, StableDiffusionPipelin
 from .cogvideox import CogVideoXImageToVideoPipeline, CogVideoXPipeline, CogVideoXVideoToVideoPipeline
 from .ddpm import DDPMPipeline
 from .depth2img import StableDiffusionDepth2ImgPipeline
+from .flux import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
 from .img2img import StableDiffusionImg2ImgPipeline
 from .img2img_xl import StableDiffusionXLImg2ImgPipeline
 from .inpaint import StableDiffusionInpaintPipeline
 from .inpaint_xl import StableDiffusionXLInpaintPipeline
+from .sd3 import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline
 from .text2img import StableDiffusionPipeline
 from .text2img_xl import StableDiffusionXLPipeline
 
@@ -26,6 +28,12 @@ PIPELINES = {
         CogVideoXPipeline,
         CogVideoXImageToVideoPipeline,
         CogVideoXVideoToVideoPipeline,
+        StableDiffusion3Pipeline,
+        StableDiffusion3Img2ImgPipeline,
+        StableDiffusion3InpaintPipeline,
+        FluxPipeline,
+        FluxImg2ImgPipeline,
+        FluxInpaintPipeline,
     )
 }
 
@@ -39,7 +47,13 @@ __all__ = [
     "CogVideoXVideoToVideoPipeline",
     "DDPMPipeline",
     "DiffusionPipeline",
+    "FluxImg2ImgPipeline",
+    "FluxInpaintPipeline",
+    "FluxPipeline",
     "ImagePipelineOutput",
+    "StableDiffusion3Img2ImgPipeline",
+    "StableDiffusion3InpaintPipeline",
+    "StableDiffusion3Pipeline",
     "StableDiffusionDepth2ImgPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",

@@ -33,17 +33,19 @@ Generator = np.random.Generator | int | None
 OUTPUT_TYPES = ("pil", "np", "latent")
 # The order diffusers' pipelines list their arguments in: signatures show them so.
 DIFFUSERS_ORDER = (
-    *("video", "prompt", "prompt_2", "image", "mask_image", "masked_image_latents", "depth_map"),
+    *("video", "prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3"),
+    *("true_cfg_scale", "image", "mask_image", "masked_image_latents", "depth_map"),
     *("height", "width", "num_frames"),
     *("padding_mask_crop", "strength", "num_inference_steps", "timesteps", "sigmas", "denoising_start"),
     *("denoising_end", "guidance_scale", "use_dynamic_cfg"),
-    *("negative_prompt", "negative_prompt_2", "num_images_per_prompt", "num_videos_per_prompt", "batch_size"),
+    *("num_images_per_prompt", "num_videos_per_prompt", "batch_size"),
     *("eta", "generator", "latents"),
     *("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
     *("output_type", "guidance_rescale", "original_size", "crops_coords_top_left", "target_size"),
     *("negative_original_size", "negative_crops_coords_top_left", "negative_target_size", "aesthetic_score"),
     *("negative_aesthetic_score", "clip_skip", "callback_on_step_end", "callback_on_step_end_tensor_inputs"),
-    "max_sequence_length",
+    *("skip_guidance_layers", "skip_layer_guidance_scale", "skip_layer_guidance_stop", "skip_layer_guidance_start"),
+    *("max_sequence_length", "mu"),
     "adapters",  # diffrt's own: the LoRA adapters of this call alone
     *("cache_interval", "cache_branch"),  # diffrt's own: DeepCache (packages exported with --deepcache)
 )

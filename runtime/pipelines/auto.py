@@ -19,11 +19,13 @@ from ..package import EnginePackage
 from ..schedulers import Scheduler
 from .base import DiffusionPipeline
 from .depth2img import StableDiffusionDepth2ImgPipeline
+from .flux import FluxImg2ImgPipeline, FluxInpaintPipeline, FluxPipeline
 from .img2img import StableDiffusionImg2ImgPipeline
 from .img2img_xl import StableDiffusionXLImg2ImgPipeline
 from .inpaint import StableDiffusionInpaintPipeline
 from .inpaint_xl import StableDiffusionXLInpaintPipeline
 from .inputs import Limits
+from .sd3 import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline
 from .text2img import StableDiffusionPipeline
 from .text2img_xl import StableDiffusionXLPipeline
 
@@ -35,16 +37,31 @@ FAMILIES = {
     "StableDiffusionXLPipeline": "stable-diffusion-xl",
     "StableDiffusionXLImg2ImgPipeline": "stable-diffusion-xl",
     "StableDiffusionXLInpaintPipeline": "stable-diffusion-xl",
+    "StableDiffusion3Pipeline": "stable-diffusion-3",
+    "StableDiffusion3Img2ImgPipeline": "stable-diffusion-3",
+    "StableDiffusion3InpaintPipeline": "stable-diffusion-3",
+    "FluxPipeline": "flux",
+    "FluxImg2ImgPipeline": "flux",
+    "FluxInpaintPipeline": "flux",
 }
-TEXT2IMAGE = {"stable-diffusion": StableDiffusionPipeline, "stable-diffusion-xl": StableDiffusionXLPipeline}
+TEXT2IMAGE = {
+    "stable-diffusion": StableDiffusionPipeline,
+    "stable-diffusion-xl": StableDiffusionXLPipeline,
+    "stable-diffusion-3": StableDiffusion3Pipeline,
+    "flux": FluxPipeline,
+}
 IMAGE2IMAGE = {
     "stable-diffusion": StableDiffusionImg2ImgPipeline,
     "stable-diffusion-depth": StableDiffusionDepth2ImgPipeline,
     "stable-diffusion-xl": StableDiffusionXLImg2ImgPipeline,
+    "stable-diffusion-3": StableDiffusion3Img2ImgPipeline,
+    "flux": FluxImg2ImgPipeline,
 }
 INPAINTING = {
     "stable-diffusion": StableDiffusionInpaintPipeline,
     "stable-diffusion-xl": StableDiffusionXLInpaintPipeline,
+    "stable-diffusion-3": StableDiffusion3InpaintPipeline,
+    "flux": FluxInpaintPipeline,
 }
 
 

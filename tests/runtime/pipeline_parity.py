@@ -38,12 +38,13 @@ def shared_noise(seed: int):
             module.randn_tensor = original
 
 
-def load_diffusers(class_name: str, folder, scheduler=None, clip_skip_shim: bool = True):
+def load_diffusers(class_name: str, folder, scheduler=None, clip_skip_shim: bool = True, **components):
     """A diffusers pipeline from a tiny fixture folder, in float32 on the CPU, quiet. ``clip_skip_shim`` gives
-    the text encoder the ``text_model`` attribute diffusers' clip_skip reads (LoRA loading must not see it)."""
+    the text encoder the ``text_model`` attribute diffusers' clip_skip reads (LoRA loading must not see it);
+    ``components`` are passed to ``from_pretrained`` (``text_encoder_3=None`` for an SD3 folder saved without T5)."""
     import diffusers
 
-    pipe = getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=torch.float32, **components)
     if scheduler is not None:
         pipe.scheduler = scheduler
     pipe.set_progress_bar_config(disable=True)

@@ -129,5 +129,5 @@ def test_generate_refuses_second_prompts_for_a_single_encoder_package(packages, 
     monkeypatch.chdir(tmp_path)
     assert main(["generate", str(packages["sd1"]), "a cat", "--steps", "1", "--prompt-2", "a dog"]) == 1
     err = capsys.readouterr().err
-    assert "--prompt-2 apply only to SDXL packages" in err and "StableDiffusionPipeline" in err
+    assert "--prompt-2 apply only to SDXL, SD3 and Flux packages" in err and "StableDiffusionPipeline" in err
     assert not (tmp_path / "out.png").exists()
