@@ -229,8 +229,12 @@ def _tokenizer_files(folder: Path) -> dict[str, Path]:
 
 
 def _load_single_file(path: Path, config_dir: str | Path | None, allow_pickle: bool) -> Source:
-    from . import single_file
+    from . import mmdit_single_file, single_file
 
+    state_dict = weights.load_weights_file(path, allow_pickle=allow_pickle)
+    kind = mmdit_single_file.family(state_dict.keys())
+    if kind is not None:
+        return _load_mmdit_single_file(path, state_dict, Path(config_dir) if config_dir else None, allow_pickle, kind)
     configs = None
     tokenizers: dict[str, dict[str, Path]] = {}
     files = [path]
@@ -241,7 +245,6 @@ def _load_single_file(path: Path, config_dir: str | Path | None, allow_pickle: b
             if (config_dir / folder).is_dir():
                 tokenizers[folder] = _tokenizer_files(config_dir / folder)
         files.extend(p for p in sorted(config_dir.rglob("*.json")) if p.is_file())
-    state_dict = weights.load_weights_file(path, allow_pickle=allow_pickle)
     model = single_file.convert_single_file(state_dict, configs=configs, source=str(path))
     del state_dict
     index = model.configs["model_index"]
@@ -271,6 +274,47 @@ def _load_single_file(path: Path, config_dir: str | Path | None, allow_pickle: b
         files=files,
         notes=[f"detected layout: {model.family}", *model.notes],
     )
+
+
+def _load_mmdit_single_file(
+    path: Path, state_dict: dict[str, Any], config_dir: Path | None, allow_pickle: bool, kind: str
+) -> Source:
+    """An SD3 / Flux single file: its transformer (and, for SD3 files that carry them, text encoders and VAE) in
+    diffusers' names; the rest of the pipeline, configs and tokenizers from the ``--config`` diffusers folder."""
+    from dataclasses import replace
+
+    from . import mmdit_single_file as msf
+    from . import single_file
+
+    label = {"sd3": "Stable Diffusion 3", "flux": "Flux"}[kind]
+    if config_dir is None:
+        raise CheckpointError(
+            f"{path} is a {label} checkpoint, which holds no configs or tokenizers (and, for Flux, only the "
+            "transformer); accepted: --config FOLDER, the model's diffusers folder, for the rest."
+        )
+    base = _load_folder(config_dir, allow_pickle, None)
+    wanted = SD3_PIPELINES if kind == "sd3" else FLUX_PIPELINES
+    if base.pipeline_class not in wanted:
+        raise CheckpointError(
+            f"{path} is a {label} checkpoint, but --config {config_dir} is a {base.pipeline_class} folder; accepted: "
+            f"the diffusers folder of a {label} model."
+        )
+    components = dict(base.components)
+    transformer = components["transformer"]
+    converted = msf.convert_transformer(state_dict, kind, transformer.config, str(path))
+    components["transformer"] = replace(transformer, load_weights=lambda sd=converted: sd)
+    notes = [f"detected layout: {label} single file"]
+    for name, tensors in msf.split_parts(state_dict).items():
+        if name not in components:
+            continue
+        if name == "vae":
+            tensors = single_file.convert_vae(tensors, components["vae"].config, source=str(path))
+        components[name] = replace(components[name], load_weights=lambda sd=tensors: sd)
+        notes.append(f"{name}: from the checkpoint")
+    taken = [n for n in components if n not in ("transformer",) and f"{n}: from the checkpoint" not in notes]
+    if taken:
+        notes.append(f"from --config {config_dir}: {', '.join(taken)}")
+    return replace(base, path=path, kind="single_file", components=components, files=[path, *base.files], notes=notes)
 
 
 def read_config_dir(folder: Path) -> dict[str, Any]:

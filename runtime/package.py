@@ -38,6 +38,7 @@ from .tokenizer import CLIPTokenizer
 
 FP32_NETWORKS = ("depth_estimator",)  # computed in fp32 under precision="auto" (see settings_for)
 VAE_NETWORKS = ("vae_encoder", "vae_decoder")  # fp32 under precision="auto" when force_upcast applies
+T5_CLASS = "T5EncoderModel"  # overflows fp16 (its feed-forward activations pass 65504)
 
 
 class EnginePackage:
@@ -167,6 +168,10 @@ class EnginePackage:
           SD 1.x/2.x pipelines ignore the flag, which diffusers writes into every VAE config, so those VAEs keep fp16.
         - Under ``precision="auto"`` an int8 graph (``diffrt quantize``) is not converted to fp16: its float parts
           and the scales of its QDQ pairs stay fp32.
+        - Under ``precision="auto"`` a T5 text encoder (SD3's ``text_encoder_3``, Flux's ``text_encoder_2``) and a
+          Flux transformer stay fp32: both overflow fp16 (diffusers runs them in bf16, or clips Flux's activations
+          to +-65504 in fp16), and ONNX Runtime's fp16 conversion here has no bf16 counterpart. SD3's transformer,
+          CLIP encoders and the VAEs take fp16.
         - A CogVideoX package's VAE steps run without ONNX Runtime's memory patterns (one per frame count otherwise).
         - ``cuda_graph`` applies to the UNet only: it runs once per step, where kernel-launch overhead adds up; the
           other networks run once per call, and the text encoder's token handling (ArgMax over int64 ids) runs on
@@ -178,6 +183,7 @@ class EnginePackage:
             network in FP32_NETWORKS
             or (network in VAE_NETWORKS and self.vae_force_upcast)
             or network in self.quantized_networks
+            or self.overflows_fp16(network)
         ):
             changes["precision"] = "fp32"
         if settings.cuda_graph and network != "unet":
@@ -188,6 +194,13 @@ class EnginePackage:
             # peaked at 16.4 GB with patterns, 10.8 GB without (benchmarks/VIDEO.md).
             changes["memory_pattern"] = False
         return dataclasses.replace(settings, **changes) if changes else settings
+
+    def overflows_fp16(self, network: str) -> bool:
+        """Whether ``network`` is a T5 encoder or a Flux transformer (kept fp32 under precision="auto")."""
+        if network.startswith("text_encoder") and self.has(network):
+            architectures = self.config(network).get("architectures") or []
+            return T5_CLASS in architectures or self.config(network).get("model_type") == "t5"
+        return network == "transformer" and self.pipeline_class.startswith("Flux")
 
     @property
     def adapters(self) -> AdapterRegistry | None:

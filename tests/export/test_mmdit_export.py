@@ -118,3 +118,19 @@ def test_export_refusals_are_named(mmdit_models, tmp_path):
     with pytest.raises(ConfigError, match="multiples of 4"):
         export_package(source, tmp_path / "c", ExportOptions(static=(30, 32)))
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_precision_auto_keeps_t5_and_the_flux_transformer_in_fp32(mmdit_packages):
+    """On GPUs precision="auto" converts graphs to fp16; T5 and Flux's transformer overflow it, so they stay fp32."""
+    from diffrt.runtime.engines import SessionSettings
+    from diffrt.runtime.package import EnginePackage
+
+    def precisions(kind):
+        package = EnginePackage(mmdit_packages[kind], session_settings=SessionSettings(precision="auto"))
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder")
+        return {n: package.settings_for(n).precision for n in names if package.has(n)}
+
+    assert precisions("flux_dev") == {"text_encoder": "auto", "text_encoder_2": "fp32", "transformer": "fp32",
+                                      "vae_decoder": "auto"}  # fmt: skip
+    assert precisions("sd3") == {"text_encoder": "auto", "text_encoder_2": "auto", "text_encoder_3": "fp32",
+                                 "transformer": "auto", "vae_decoder": "auto"}  # fmt: skip
