@@ -166,7 +166,7 @@ def build_text_encoder(component: Component) -> tuple[Network, torch.nn.Module]:
     config = transformers.CLIPTextConfig.from_dict(component.config)
     config._attn_implementation = "eager"  # explicit softmax(QK^T)V traces to plain ONNX ops
     model_class = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
-    model = model_class(config)
+    model = model_class(config).float()  # a config saved from an fp16 model builds fp16 layers
     state_dict = _match_prefix(component.load_weights(), model.state_dict().keys())
     state_dict.pop("embeddings.position_ids", None)
     state_dict.pop("text_model.embeddings.position_ids", None)

@@ -25,6 +25,7 @@ from ..runtime.networks import Network, ShapeRange
 from ..runtime.schema import CONFIG_NAME, INDEX_NAME, PROVENANCE_NAME, SCHEDULER_CONFIG
 from ..staging import staged_folder
 from .components import build_text_encoder, build_vae, own_model
+from .lora_package import add_slots
 from .onnx_export import GraphModule, Reference, compare_graph, export_graph
 from .package_files import ONNX_COMPONENT, PackageReport, _provenance, _write_json, _write_tokenizer
 from .source import FLUX_PIPELINES, SD3_PIPELINES, TOKENIZERS, Source
@@ -162,11 +163,6 @@ def export_mmdit(source: Source, out: Path, options, progress, loras: list | Non
             f"--deepcache applies to Stable Diffusion UNets; {source.pipeline_class} has a transformer: export it "
             "without --deepcache."
         )
-    if options.lora_slots is not None:
-        raise ConfigError(
-            f"--lora-slots is not available for {source.pipeline_class} packages yet; fuse adapters at export "
-            "with --lora FILE instead."
-        )
     shape_range = mmdit_shape_range(source, options)
     start = time.perf_counter()
     report = PackageReport(out, source.pipeline_class, notes=list(source.notes))
@@ -188,6 +184,8 @@ def export_mmdit(source: Source, out: Path, options, progress, loras: list | Non
                     external_data_threshold=options.external_data_threshold,
                     map_weights=not network.name.startswith("vae"),
                 )
+                if options.lora_slots is not None and takes_slots(network.name, source):
+                    graph = add_slots(graph, options.lora_slots)  # adapters chosen per call (load_lora_weights)
                 progress(network.name, f"exported in {graph.seconds:.1f} s")
                 checks.append((graph, network, references(module, network, sizes) if options.check else []))
             del pairs
@@ -228,6 +226,12 @@ def _write_support_files(source: Source, staging: Path, shape_range: ShapeRange,
     index["scheduler"] = ["diffusers", source.scheduler_config.get("_class_name", "FlowMatchEulerDiscreteScheduler")]
     _write_json(staging / INDEX_NAME, index)
     _write_json(staging / PROVENANCE_NAME, _provenance(source, shape_range, options, report, loras))
+
+
+def takes_slots(network: str, source: Source) -> bool:
+    """LoRA slots go where diffusers loads SD3 / Flux adapters: the transformer and the CLIP encoders (not T5)."""
+    component = source.components.get(network)
+    return network == "transformer" or (component is not None and component.class_name != T5_CLASS)
 
 
 def networks_of(source: Source) -> tuple[str, ...]:

@@ -172,7 +172,21 @@ class AdapterRegistry:
         return shapes
 
     def read(self, source: Any, weight_name: str | None = None) -> LoraAdapter:
-        """A LoRA file, a save_lora_weights folder (``weight_name``: the file in it) or a state dict, read."""
+        """A LoRA file, a save_lora_weights folder (``weight_name``: the file in it) or a state dict, read (and, for
+        an SD3 / Flux package, put in the layout diffusers loads it in: :mod:`.mmdit_lora`)."""
+        return self._layout(self._read(source, weight_name))
+
+    def _layout(self, adapter: LoraAdapter) -> LoraAdapter:
+        from .mmdit_lora import FLUX_PIPELINES, SD3_PIPELINES, diffusers_layout
+        from .schema import INDEX_NAME, read_json
+
+        pipeline = read_json(self.package / INDEX_NAME).get("_class_name", "")
+        if pipeline not in (*SD3_PIPELINES, *FLUX_PIPELINES):
+            return adapter
+        config = read_json(self.package / "transformer" / "config.json")
+        return diffusers_layout(adapter, pipeline in FLUX_PIPELINES, config, pipeline)
+
+    def _read(self, source: Any, weight_name: str | None = None) -> LoraAdapter:
         if isinstance(source, Mapping):
             return lora_from_tensors(source)
         if not isinstance(source, (str, os.PathLike)):

@@ -22,6 +22,7 @@ EXPORT_MAY_IMPORT = {
     "diffrt.runtime.networks",
     "diffrt.runtime.schema",
     "diffrt.runtime.lora",
+    "diffrt.runtime.mmdit_lora",  # SD3 / Flux LoRA layouts: one reading for export --lora and run-time adapters
     "diffrt.runtime.safetensors_file",
     "diffrt.runtime.ldm_names",
     # CogVideoX's position tables are transformer inputs: one NumPy definition for training, export and runtime.

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..adapters import EMPTY_FEEDS
 from ..errors import ConfigError
 from ..schedulers.base import randn
 from .arguments import check_number
@@ -141,7 +142,8 @@ class FluxPipeline(MMDiTPipeline):
         args, n = call.args, call.args.num_images_per_prompt
         if args.prompt_embeds is None:
             prompts = self.prompts(args, "prompt", None, count)
-            embeds, pooled = self.encode_prompt(prompts, self.prompts(args, "prompt_2", args.prompt, count), args)
+            prompts_2 = self.prompts(args, "prompt_2", args.prompt, count)
+            embeds, pooled = self.encode_prompt(prompts, prompts_2, args, call.lora)
             call.embeds.update(prompt_embeds=self.repeat(embeds, n), pooled_prompt_embeds=self.repeat(pooled, n))
         else:
             call.embeds.update(
@@ -166,19 +168,22 @@ class FluxPipeline(MMDiTPipeline):
             "negative_prompt_2",
             count,
         )
-        embeds, pooled = self.encode_prompt(negs, negs_2, args)
+        embeds, pooled = self.encode_prompt(negs, negs_2, args, call.lora)
         call.embeds.update(
             negative_prompt_embeds=self.repeat(embeds, n), negative_pooled_prompt_embeds=self.repeat(pooled, n)
         )
 
-    def encode_prompt(self, prompt: list[str], prompt_2: list[str], args) -> tuple[np.ndarray, np.ndarray]:
+    def encode_prompt(
+        self, prompt: list[str], prompt_2: list[str], args, lora=EMPTY_FEEDS
+    ) -> tuple[np.ndarray, np.ndarray]:
         if len(prompt) != len(prompt_2):
             raise ConfigError(
                 f"prompt and prompt_2 hold {len(prompt)} and {len(prompt_2)} prompts; accepted: the same count."
             )
         ids = self.tokenizer(prompt, max_length=CLIP_LENGTH).input_ids
         with self.timed("text_encoder"):
-            pooled = self.text_encoder.run({"input_ids": ids}, ["pooler_output"])["pooler_output"]
+            pooled = self.text_encoder.run({"input_ids": ids, **lora.of("text_encoder")}, ["pooler_output"])
+        pooled = pooled["pooler_output"]
         t5_ids = self.tokenizer_2(prompt_2, max_length=args.max_sequence_length).input_ids
         with self.timed("text_encoder_2"):
             embeds = self.text_encoder_2.run({"input_ids": t5_ids}, ["last_hidden_state"])["last_hidden_state"]
@@ -230,6 +235,7 @@ class FluxPipeline(MMDiTPipeline):
             "pooled_projections": pooled,
             "timestep": np.full(batch, t, dtype=np.float32) / np.float32(1000),
             **self.rotary(call),
+            **call.lora.of("transformer"),
         }
         if self.guidance_embeds:
             feeds["guidance"] = np.full(batch, call.state.guidance_scale, dtype=np.float32)

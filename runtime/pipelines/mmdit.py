@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..adapters import EMPTY_FEEDS, AdapterFeeds
 from ..errors import ConfigError, NonFiniteError
 from ..image_processor import VaeImageProcessor
 from ..package import EnginePackage
@@ -32,6 +33,7 @@ from .arguments import (
     CallArguments,
     Prompt,
     StepCallback,
+    check_adapters,
     check_callback,
     check_int,
     check_number,
@@ -41,6 +43,7 @@ from .arguments import (
 from .base import DiffusionPipeline, StableDiffusionPipelineOutput
 from .call import CallScope, CallSettings, CallState
 from .inputs import Limits
+from .lora import LoraLoaderMixin
 from .stable_diffusion import negative_prompts, prompt_list
 
 CALLBACK_TENSORS = ("latents", "prompt_embeds", "pooled_prompt_embeds")
@@ -69,9 +72,13 @@ class MMDiTArguments(CallArguments):
     callback_on_step_end: StepCallback | None = None
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
     max_sequence_length: int = 256
+    adapters: Mapping[str, Any] | None = None
+    """LoRA adapters for this call alone, ``{name: weight}`` (``{}``: none), on a package exported with
+    ``--lora-slots``; None runs the pipeline's active set (``set_adapters``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.adapters = check_adapters(self.adapters)
         for name in ("height", "width"):
             if getattr(self, name) is not None:
                 setattr(self, name, check_int(name, getattr(self, name)))
@@ -145,10 +152,12 @@ class MMDiTCall:
     steps: int = 0
     known: dict[str, np.ndarray] = field(default_factory=dict)
     """Inpainting: ``image_latents``, ``noise`` and ``mask`` of the region kept."""
+    lora: AdapterFeeds = EMPTY_FEEDS
+    """The LoRA factors this call feeds its networks (its adapter set, fixed when it starts)."""
 
 
 # ----- the pipelines --------------------------------------------------------------------------------------------
-class MMDiTPipeline(CallSettings, DiffusionPipeline):
+class MMDiTPipeline(CallSettings, LoraLoaderMixin, DiffusionPipeline):
     """The SD3 / Flux call, with the family's and the task's parts left to subclasses."""
 
     networks: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")
@@ -206,6 +215,7 @@ class MMDiTPipeline(CallSettings, DiffusionPipeline):
         batch = prompts * args.num_images_per_prompt
         self.limits.check_batch(batch, "this package was exported for (its diffrt.json)")
         call = MMDiTCall(args, state, copy.deepcopy(self.scheduler), as_generator(args.generator), batch, height, width)
+        call.lora = self.adapter_feeds(args.adapters)
         self.encode_prompts(call, prompts)
         return call
 

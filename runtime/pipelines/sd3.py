@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..adapters import EMPTY_FEEDS, AdapterFeeds
 from ..errors import ConfigError
 from .arguments import Prompt, check_int, check_number
 from .mmdit import ImageArguments, MaskArguments, MMDiTArguments, MMDiTCall, MMDiTPipeline
@@ -114,6 +115,7 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
                 self.prompts(args, "prompt_3", args.prompt, count),
                 args.clip_skip,
                 args.max_sequence_length,
+                call.lora,
             )
             call.embeds.update(prompt_embeds=self.repeat(embeds, n), pooled_prompt_embeds=self.repeat(pooled, n))
         else:
@@ -139,13 +141,19 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
         negs_3 = self.negatives(
             args.negative_prompt_3 if args.negative_prompt_3 is not None else neg, "negative_prompt_3", count
         )
-        embeds, pooled = self.encode_prompt(negs, negs_2, negs_3, None, args.max_sequence_length)
+        embeds, pooled = self.encode_prompt(negs, negs_2, negs_3, None, args.max_sequence_length, call.lora)
         call.embeds.update(
             negative_prompt_embeds=self.repeat(embeds, n), negative_pooled_prompt_embeds=self.repeat(pooled, n)
         )
 
     def encode_prompt(
-        self, prompt: list[str], prompt_2: list[str], prompt_3: list[str], clip_skip: int | None, max_length: int
+        self,
+        prompt: list[str],
+        prompt_2: list[str],
+        prompt_3: list[str],
+        clip_skip: int | None,
+        max_length: int,
+        lora: AdapterFeeds = EMPTY_FEEDS,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(prompt_embeds, pooled_prompt_embeds) of one prompt per image, as diffusers' ``encode_prompt`` makes
         them."""
@@ -154,8 +162,8 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
                 f"prompt, prompt_2 and prompt_3 hold {len(prompt)}, {len(prompt_2)} and {len(prompt_3)} prompts; "
                 "accepted: the same count (or a string, which serves every prompt)."
             )
-        first, pooled_1 = self.clip_embeds("text_encoder", self.tokenizer, prompt, clip_skip)
-        second, pooled_2 = self.clip_embeds("text_encoder_2", self.tokenizer_2, prompt_2, clip_skip)
+        first, pooled_1 = self.clip_embeds("text_encoder", self.tokenizer, prompt, clip_skip, lora)
+        second, pooled_2 = self.clip_embeds("text_encoder_2", self.tokenizer_2, prompt_2, clip_skip, lora)
         clip = np.concatenate([first, second], axis=-1)
         t5 = self.t5_embeds(prompt_3, max_length)
         width = t5.shape[-1]
@@ -166,7 +174,7 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
         )
         return np.concatenate([clip, t5], axis=1), np.concatenate([pooled_1, pooled_2], axis=-1)
 
-    def clip_embeds(self, name: str, tokenizer, prompts: list[str], clip_skip: int | None):
+    def clip_embeds(self, name: str, tokenizer, prompts: list[str], clip_skip: int | None, lora: AdapterFeeds):
         """(hidden states ``clip_skip + 2`` from the end, projected pooled output)."""
         engine = getattr(self, name)
         layers = int(self.package.config(name).get("num_hidden_layers", 0))
@@ -176,7 +184,7 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
         hidden = f"hidden_states.{layers - 1 - skip}"
         ids = tokenizer(prompts, max_length=CLIP_LENGTH).input_ids
         with self.timed(name):
-            out = engine.run({"input_ids": ids}, [hidden, "text_embeds"])
+            out = engine.run({"input_ids": ids, **lora.of(name)}, [hidden, "text_embeds"])
         return out[hidden], out["text_embeds"]
 
     def t5_embeds(self, prompts: list[str], max_length: int) -> np.ndarray:
@@ -197,8 +205,9 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
 
         return randn(shape, call.generator)
 
-    def run_transformer(self, latents, embeds, pooled, t, skip: np.ndarray | None = None) -> np.ndarray:
+    def run_transformer(self, call: MMDiTCall, latents, embeds, pooled, t, skip: np.ndarray | None = None):
         feeds = {
+            **call.lora.of("transformer"),
             "hidden_states": latents,
             "encoder_hidden_states": embeds,
             "pooled_projections": pooled,
@@ -210,10 +219,10 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
     def predict(self, call: MMDiTCall, latents: np.ndarray, t: Any, i: int) -> np.ndarray:
         args, e = call.args, call.embeds
         if not call.state.do_classifier_free_guidance:
-            return self.run_transformer(latents, e["prompt_embeds"], e["pooled_prompt_embeds"], t)
+            return self.run_transformer(call, latents, e["prompt_embeds"], e["pooled_prompt_embeds"], t)
         embeds = np.concatenate([e["negative_prompt_embeds"], e["prompt_embeds"]])
         pooled = np.concatenate([e["negative_pooled_prompt_embeds"], e["pooled_prompt_embeds"]])
-        noise = self.run_transformer(np.concatenate([latents] * 2), embeds, pooled, t)
+        noise = self.run_transformer(call, np.concatenate([latents] * 2), embeds, pooled, t)
         uncond, text = np.split(noise, 2)
         guided = uncond + call.state.guidance_scale * (text - uncond)
         steps = call.steps
@@ -226,7 +235,7 @@ class StableDiffusion3Pipeline(MMDiTPipeline):
                     f"indices from 0 to {self.layers - 1}."
                 )
             skip[layers] = True
-            skipped = self.run_transformer(latents, e["prompt_embeds"], e["pooled_prompt_embeds"], t, skip)
+            skipped = self.run_transformer(call, latents, e["prompt_embeds"], e["pooled_prompt_embeds"], t, skip)
             guided = guided + (text - skipped) * args.skip_layer_guidance_scale
         return guided.astype(np.float32)
 

@@ -113,8 +113,6 @@ def test_export_refusals_are_named(mmdit_models, tmp_path):
     source = load_source(mmdit_models["flux_schnell"])
     with pytest.raises(ConfigError, match="--deepcache"):
         export_package(source, tmp_path / "a", ExportOptions(deepcache=True))
-    with pytest.raises(ConfigError, match="--lora-slots"):
-        export_package(source, tmp_path / "b", ExportOptions(lora_slots=8))
     with pytest.raises(ConfigError, match="multiples of 4"):
         export_package(source, tmp_path / "c", ExportOptions(static=(30, 32)))
     assert not any(tmp_path.iterdir())  # nothing half-written

@@ -63,8 +63,8 @@ def test_flux_kohya_top_level_modules_map_to_diffusers_layers():
     """img_in / txt_in / final_layer modules: diffusers 0.42's converter leaves them without the transformer.
     prefix, so its load_lora_weights drops them; diffrt applies them (as sd-scripts does), final_layer at scale 1
     with the modulation's (shift, scale) halves swapped into diffusers' (scale, shift) order."""
-    from diffrt.export.mmdit_lora import _bfl_to_diffusers
     from diffrt.runtime.lora import LoraModule
+    from diffrt.runtime.mmdit_lora import _bfl_to_diffusers
 
     up = np.arange(8, dtype=np.float32).reshape(8, 1)
     modules = {

@@ -129,7 +129,7 @@ def test_arguments_and_defaults_are_diffusers(ours, theirs):
     assert positional == [n for n in reference if n != "self"][: len(positional)]
     skipped = {"generator", "self", "output_type", "return_dict", "joint_attention_kwargs", "ip_adapter_image",
                "ip_adapter_image_embeds", "negative_ip_adapter_image", "negative_ip_adapter_image_embeds",
-               "callback_on_step_end_tensor_inputs"}  # fmt: skip
+               "callback_on_step_end_tensor_inputs", "adapters"}  # fmt: skip
     # diffrt's own: SD3.5's skip-layer guidance on image-to-image and inpainting too (diffusers has it for
     # text-to-image only)
     additions = {"skip_guidance_layers", "skip_layer_guidance_scale", "skip_layer_guidance_start",
