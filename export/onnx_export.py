@@ -189,3 +189,14 @@ def compare_graph(path: Path, network: Network, references: Sequence[Reference])
             worst_abs = max(worst_abs, err)
             worst_rel = max(worst_rel, err / scale if scale > 0 else err)
     return worst_abs, worst_rel
+
+
+def check_graphs(checks: Sequence[tuple[GraphReport, Network, Sequence[Reference]]], report, progress) -> None:
+    """Compare each exported graph with its torch module's outputs (those with references) and add it to
+    ``report``, in export order."""
+    for graph, network, references in checks:
+        if references:
+            progress(network.name, "checking against torch")
+            graph.max_abs_error, graph.max_rel_error = compare_graph(graph.path, network, references)
+            graph.checked = tuple(r.size[:3] for r in references)
+        report.graphs.append(graph)

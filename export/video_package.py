@@ -24,7 +24,7 @@ from ..runtime.schema import CONFIG_NAME, INDEX_NAME, LEARNED_POSITIONS, PROVENA
 from ..staging import staged_folder
 from .components import own_model
 from .lora_package import add_slots
-from .onnx_export import GraphModule, Reference, compare_graph, export_graph
+from .onnx_export import GraphModule, Reference, check_graphs, export_graph
 from .package_files import ONNX_COMPONENT, PackageReport, _provenance, _write_json, _write_tokenizer
 from .source import Source
 
@@ -186,12 +186,7 @@ def export_video(source: Source, out: Path, options, progress, loras: list | Non
                     _write_learned_positions(module.model, source, staging)
             del pairs
             gc.collect()
-            for graph, network, refs in checks:
-                if refs:
-                    progress(network.name, "checking against torch")
-                    graph.max_abs_error, graph.max_rel_error = compare_graph(graph.path, network, refs)
-                    graph.checked = tuple(r.size[:3] for r in refs)
-                report.graphs.append(graph)
+            check_graphs(checks, report, progress)
         _write_support_files(source, staging, shape_range, options, report, loras or [])
     report.seconds = time.perf_counter() - start
     for graph in report.graphs:

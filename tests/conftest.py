@@ -1,12 +1,17 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# ONNX Runtime engines cache optimized graphs; tests keep that cache out of the user's home.
-os.environ.setdefault("DIFFRT_CACHE", tempfile.mkdtemp(prefix="diffrt-test-cache-"))
+# ONNX Runtime engines cache optimized graphs; tests keep that cache out of the user's home, in a folder removed
+# when the session ends (each session's graphs take hundreds of MB).
+if "DIFFRT_CACHE" not in os.environ:
+    os.environ["DIFFRT_CACHE"] = tempfile.mkdtemp(prefix="diffrt-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DIFFRT_CACHE"], True)
 
 # Test helpers (parity harness, fixture builders) import by module name.
 sys.path.insert(0, str(Path(__file__).parent / "schedulers"))
