@@ -35,7 +35,7 @@ def start_cli(package, log, *args: str) -> tuple[subprocess.Popen, str]:
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return process, url
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy loading to answer
             pass
         assert time.monotonic() < deadline, "diffrt serve did not become ready"
         time.sleep(0.2)
